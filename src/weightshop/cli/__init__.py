@@ -1,0 +1,1 @@
+"""The `weightshop` command: a thin shell over the library (parse, call, print)."""

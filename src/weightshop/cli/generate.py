@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
+from weightshop.errors import WeightshopError
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WeightshopError(f"cannot read prompt file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise WeightshopError(f"prompt file {path} has no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+@guarded
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Diffusers dir, transformer .safetensors, hub id or built-in name."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
+    prompt_file: Path = typer.Option(None, help="A text file with one prompt per line."),
+    negative_prompt: str = typer.Option(None, help="Negative prompt (used when guidance > 0)."),
+    checkpoint: str = typer.Option(None, help="raw or turbo: picks the sampler preset (default: detected)."),
+    components: Path = typer.Option(None, help="Directory with vae/, text_encoder/, tokenizer/ for a single file."),
+    width: int = typer.Option(None, help="Image width (multiple of VAE scale x 2; default: the model's)."),
+    height: int = typer.Option(None, help="Image height (default: the model's)."),
+    steps: int = typer.Option(None, help="Override the preset's steps (Raw 52, Turbo 8)."),
+    guidance: float = typer.Option(None, help="Override the preset's guidance (Raw 3.5, Turbo 0; Krea convention)."),
+    mu: float = typer.Option(None, help="Pin the timestep shift mu (default: Raw resolution-aware, Turbo 1.15)."),
+    seed: list[int] = typer.Option(None, "--seed", "-s", help="Seed (repeatable). Default 0."),
+    count: int = typer.Option(1, help="Images per prompt: seeds seed, seed+1, ... (with one --seed)."),
+    batch_size: int = typer.Option(1, help="Images per forward pass (speed/memory only; images depend on seed alone)."),
+    lora: list[str] = typer.Option(None, "--lora", help="LoRA file, optionally PATH:STRENGTH (repeatable)."),
+    out: Path = typer.Option(Path("weightshop-out/generate"), "--out", "-o", help="Output directory."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
+    device: str = typer.Option("cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1 ..."),
+    offload: str = typer.Option("none", help="none, model (CPU offload per model) or sequential."),
+    release_text_encoder: bool = typer.Option(False, help="Free the text encoder after encoding the prompts."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Generate images with Krea 2 Raw or Turbo at the checkpoint's preset; PNGs carry their parameters."""
+    from weightshop.generate import GenerateRequest
+    from weightshop.generate import generate as run
+    from weightshop.lora import LoraRequest
+    from weightshop.models.loading import load_model
+
+    prompts = list(prompt or []) + (read_prompt_file(prompt_file) if prompt_file else [])
+    seeds = list(seed or [0])
+    if count > 1:
+        if len(seeds) != 1:
+            raise WeightshopError("--count expands one --seed into consecutive seeds; give one --seed with it")
+        seeds = list(range(seeds[0], seeds[0] + count))
+    request = GenerateRequest(
+        prompts=prompts, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
+        guidance=guidance, mu=mu, seeds=seeds, batch_size=batch_size,
+        loras=[LoraRequest.parse(text) for text in lora or []], release_text_encoder=release_text_encoder,
+    )
+    request.validate()
+    with console.status(f"loading {model}"):
+        loaded = load_model(model, components=components, checkpoint=checkpoint, dtype=dtype, device=device,
+                            offload=offload)
+    start = time.perf_counter()
+    with step_progress("denoising") as progress:
+        images = run(loaded, request, out, on_step=lambda d, t: progress(loaded.checkpoint.name, d, t))
+    seconds = time.perf_counter() - start
+    rec = images[0].record
+    result = {
+        "model": rec["model"], "loras": rec["loras"], "steps": rec["steps"], "guidance": rec["guidance"],
+        "mu": rec["mu"], "width": rec["width"], "height": rec["height"], "seconds": seconds,
+        "seconds_per_image": seconds / len(images),
+        "images": [{"path": str(i.path), "prompt": i.record["prompt"], "seed": i.record["seed"]} for i in images],
+    }
+    emit(result, as_json)
+    if not as_json:
+        table = Table(title=f"{loaded.name} ({loaded.checkpoint.name}): {rec['steps']} steps, guidance "
+                            f"{rec['guidance']}, mu {rec['mu']:.3f}, {rec['width']}x{rec['height']}")
+        for col in ("file", "seed", "prompt"):
+            table.add_column(col)
+        for item in result["images"]:
+            table.add_row(item["path"], str(item["seed"]), item["prompt"])
+        console.print(table)
+        console.print(f"{len(images)} images in {seconds:.1f} s ({seconds / len(images):.2f} s/image)")

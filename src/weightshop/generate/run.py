@@ -1,0 +1,171 @@
+"""Generate images from a loaded Krea 2 checkpoint with its sampler preset and full provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import weightshop
+from weightshop.errors import WeightshopError
+from weightshop.generate.metadata import save_image
+from weightshop.generate.text import PromptCache
+from weightshop.lora.apply import AppliedLora, LoraRequest, apply_loras
+from weightshop.models.loading import LoadedModel
+from weightshop.models.schedule import sampling_sigmas
+from weightshop.models.spec import SamplerPreset, validate_size
+
+
+@dataclass
+class GenerateRequest:
+    """What to make. Unset sampler fields take the checkpoint's preset; unset sizes the model's default."""
+
+    prompts: list[str]
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    mu: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 1
+    loras: list[LoraRequest] = field(default_factory=list)
+    max_sequence_length: int | None = None
+    release_text_encoder: bool = False
+
+    def validate(self) -> None:
+        if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
+            raise WeightshopError("give at least one prompt (--prompt TEXT or --prompt-file FILE)")
+        if not self.seeds:
+            raise WeightshopError("give at least one seed")
+        if self.batch_size < 1:
+            raise WeightshopError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Plan:
+    """The resolved settings of a request on one model: exactly what the images record."""
+
+    preset: SamplerPreset
+    width: int
+    height: int
+    mu: float
+    max_sequence_length: int
+    jobs: list[tuple[str, int]]  # (prompt, seed), in output order
+
+
+def plan(model: LoadedModel, request: GenerateRequest) -> Plan:
+    request.validate()
+    preset = model.checkpoint.preset.with_overrides(request.steps, request.guidance, request.mu)
+    width = request.width or model.default_size
+    height = request.height or model.default_size
+    validate_size(height, width, model.size_multiple, model.family)
+    mu = preset.mu_for(height, width, model.vae_scale_factor, model.pipeline.patch_size, model.family.shift)
+    max_len = request.max_sequence_length or model.max_sequence_length
+    jobs = [(p, s) for p in request.prompts for s in request.seeds]
+    return Plan(preset, width, height, mu, max_len, jobs)
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    record: dict
+    path: Path | None = None
+
+
+def _record(model: LoadedModel, plan_: Plan, prompt: str, seed: int, negative: str | None,
+            loras: list[AppliedLora], dtype: torch.dtype) -> dict:
+    return {
+        "weightshop_version": weightshop.__version__,
+        "model": {
+            "id": model.source.model_id,
+            "name": model.name,
+            "checkpoint": model.checkpoint.name,
+            "transformer_sha256": model.transformer_hash(),
+        },
+        "loras": [l.as_dict() for l in loras],
+        "prompt": prompt,
+        "negative_prompt": negative if plan_.preset.guidance > 0 else None,
+        "seed": seed,
+        "steps": plan_.preset.steps,
+        "guidance": plan_.preset.guidance,
+        "mu": plan_.mu,
+        "width": plan_.width,
+        "height": plan_.height,
+        "max_sequence_length": plan_.max_sequence_length,
+        "sampler": "flow-match euler",
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _use_mu_override(model: LoadedModel, mu: float | None) -> None:
+    """Pin mu on the scheduler when asked (the pipeline call has no mu argument)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model.pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.family.scheduler_config(mu))
+
+
+def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path | None = None,
+             on_step: Callable[[int, int], None] | None = None,
+             prompt_cache: PromptCache | None = None) -> list[GeneratedImage]:
+    """Render every (prompt, seed) of the request; write PNG + sidecar into out_dir when given.
+
+    Each image draws its starting noise from its own generator seeded with its seed, so an image
+    depends on its seed alone, not on its batch companions.
+    """
+    p = plan(model, request)
+    pipe = model.pipeline
+    loras = apply_loras(pipe, request.loras) if request.loras else []
+    _use_mu_override(model, request.mu)
+    cache = prompt_cache or PromptCache(pipe, p.max_sequence_length, str(model.source.components))
+    negative = request.negative_prompt or ""
+    guided = p.preset.guidance > 0
+    cache.warm([prompt for prompt, _ in p.jobs] + ([negative] if guided else []))
+    if request.release_text_encoder:
+        cache.release_encoder()
+
+    device = pipe._execution_device
+    dtype = pipe.transformer.dtype
+    total_steps = len(p.jobs) * p.preset.steps
+    done = 0
+    results: list[GeneratedImage] = []
+    out = Path(out_dir) if out_dir is not None else None
+    for start in range(0, len(p.jobs), request.batch_size):
+        chunk = p.jobs[start:start + request.batch_size]
+        embeds, mask = cache.get([prompt for prompt, _ in chunk])
+        kwargs = {}
+        if guided:
+            kwargs["negative_prompt_embeds"], kwargs["negative_prompt_embeds_mask"] = cache.get([negative] * len(chunk))
+
+        def step_callback(_pipe, i, _t, tensors, n=len(chunk)):
+            nonlocal done
+            done += n
+            if on_step:
+                on_step(done, total_steps)
+            return tensors
+
+        generators = [torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(s) for _, s in chunk]
+        images = pipe(
+            prompt_embeds=embeds.to(device), prompt_embeds_mask=mask.to(device),
+            height=p.height, width=p.width, num_inference_steps=p.preset.steps,
+            guidance_scale=p.preset.guidance, generator=generators,
+            max_sequence_length=p.max_sequence_length, callback_on_step_end=step_callback,
+            **{k: v.to(device) for k, v in kwargs.items()},
+        ).images
+        for (prompt, seed), image in zip(chunk, images):
+            record = _record(model, p, prompt, seed, negative, loras, dtype)
+            item = GeneratedImage(image, record)
+            if out is not None:
+                index = len(results)
+                item.path = save_image(out / f"{index:04d}_{model.checkpoint.name}_s{seed}.png", image, record)
+            results.append(item)
+    return results
+
+
+def expected_sigmas(model: LoadedModel, request: GenerateRequest):
+    """The sigma schedule a request will sample on (for reports and tests)."""
+    p = plan(model, request)
+    return sampling_sigmas(p.preset.steps, p.mu)

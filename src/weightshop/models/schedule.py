@@ -1,0 +1,83 @@
+"""Krea 2's flow-matching schedule as pure functions.
+
+Krea 2 interpolates x_t = (1 - s) * x0 + s * noise with s in [0, 1] (1 is pure noise) and predicts
+v = noise - x0. Sampling walks a grid of sigmas from 1 towards 0, shifted towards the noisy end by the
+exponential time shift e^mu / (e^mu + 1/s - 1). Raw picks mu from the number of image tokens; Turbo
+always uses 1.15. Everything that needs one of these numbers (generation, training's timestep
+sampler, the tests) imports it from here, so the schedule exists exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShiftRule:
+    """mu as a linear function of image tokens, between two anchor points (Krea 2: 256 -> 0.5, 6400 -> 1.15)."""
+
+    base_tokens: int = 256
+    max_tokens: int = 6400
+    base_mu: float = 0.5
+    max_mu: float = 1.15
+
+    def mu(self, image_tokens: int) -> float:
+        slope = (self.max_mu - self.base_mu) / (self.max_tokens - self.base_tokens)
+        return self.base_mu + slope * (image_tokens - self.base_tokens)
+
+
+KREA2_SHIFT = ShiftRule()
+TURBO_MU = 1.15
+
+
+def image_tokens(height: int, width: int, vae_scale_factor: int = 8, patch_size: int = 2) -> int:
+    """Number of image tokens the transformer sees for an image of height x width pixels."""
+    step = vae_scale_factor * patch_size
+    return (height // step) * (width // step)
+
+
+def time_shift(mu: float, s: np.ndarray | float) -> np.ndarray | float:
+    """Exponential time shift: pushes s towards 1 (noise) for mu > 0. Identity at mu = 0."""
+    s = np.asarray(s, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        out = math.exp(mu) / (math.exp(mu) + 1.0 / s - 1.0)
+    return np.where(s <= 0.0, 0.0, out)
+
+
+def base_sigmas(steps: int) -> np.ndarray:
+    """The unshifted grid Krea 2 samples on: linspace(1, 1/N, N)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return np.linspace(1.0, 1.0 / steps, steps)
+
+
+def sampling_sigmas(steps: int, mu: float) -> np.ndarray:
+    """The N + 1 sigmas an Euler sampler visits, shifted by mu and ending at 0."""
+    return np.append(time_shift(mu, base_sigmas(steps)), 0.0)
+
+
+def static_shift_for_mu(mu: float) -> float:
+    """The scheduler `shift` that reproduces the exponential shift at a fixed mu.
+
+    shift * s / (1 + (shift - 1) * s) == e^mu / (e^mu + 1/s - 1) exactly when shift = e^mu, which lets a
+    user pin mu on diffusers' scheduler, whose pipeline call has no mu argument.
+    """
+    return math.exp(mu)
+
+
+def euler_step(x: np.ndarray, v: np.ndarray, s: float, s_next: float) -> np.ndarray:
+    """One Euler step of the flow ODE: x <- x + (s_next - s) * v."""
+    return x + (s_next - s) * v
+
+
+def noisy_sample(x0, noise, s):
+    """x_t = (1 - s) x0 + s noise (works on numpy arrays and torch tensors alike; s broadcasts)."""
+    return (1.0 - s) * x0 + s * noise
+
+
+def velocity_target(x0, noise):
+    """The regression target of Krea 2's objective: v = noise - x0."""
+    return noise - x0

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random Krea 2 models built offline once per test session (about 2 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from weightshop.cli.common import quiet_libraries
+
+quiet_libraries()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from weightshop.models.tiny import tiny_tokenizer as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tiny_tokenizer):
+    """(raw_dir, turbo_dir): diffusers-format tiny Krea 2 directories with different transformer weights."""
+    from weightshop.models.tiny import write_tiny_krea2
+
+    root = tmp_path_factory.mktemp("tiny")
+    raw = write_tiny_krea2(root / "tiny-raw", checkpoint="raw", tokenizer=tiny_tokenizer)
+    turbo = write_tiny_krea2(root / "tiny-turbo", checkpoint="turbo", tokenizer=tiny_tokenizer)
+    return raw, turbo
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tiny_dirs):
+    from weightshop.models.loading import load_model
+
+    return load_model(tiny_dirs[0], dtype="fp32")

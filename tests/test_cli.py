@@ -1,0 +1,85 @@
+"""The CLI end to end: JSON on stdout, clear errors with exit 2, files written."""
+
+import json
+
+from typer.testing import CliRunner
+
+from weightshop.cli.main import app
+from weightshop.generate import read_image_record
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_only_working_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("doctor", "info", "generate", "demo"):
+        assert command in result.stdout
+    for planned in ("train", "quantize", "serve"):
+        assert planned not in result.stdout
+
+
+def test_doctor_json():
+    result = run("doctor", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["krea2_in_diffusers"] and report["problems"] == []
+    assert "torch" in report and "gpus" in report and "bitsandbytes" in report["extras"]
+
+
+def test_doctor_flags_broken_installs():
+    from weightshop.doctor import problems
+
+    assert any("outside the supported range" in p for p in problems({"diffusers": "0.36.0", "krea2_in_diffusers": False,
+                                                                      "transformers": "5", "peft": "1", "accelerate": "1",
+                                                                      "safetensors": "1", "tokenizers": "1"}))
+    assert any("torchvision" in p for p in problems({"diffusers": "0.42.1", "krea2_in_diffusers": True,
+                                                      "torchvision_installed": True, "torchvision_works": False}))
+
+
+def test_generate_writes_images_and_json(tiny_dirs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na red circle\n\na blue square\n")
+    result = run("generate", "-m", tiny_dirs[1], "--prompt-file", prompts, "--seed", 5, "--count", 2,
+                 "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["steps"], out["guidance"], out["mu"]) == (8, 0.0, 1.15)
+    assert [(i["prompt"], i["seed"]) for i in out["images"]] == [
+        ("a red circle", 5), ("a red circle", 6), ("a blue square", 5), ("a blue square", 6)]
+    assert read_image_record(out["images"][3]["path"])["seed"] == 6
+
+
+def test_generate_errors_exit_2_with_a_message(tiny_dirs, tmp_path):
+    bad_size = run("generate", "-m", tiny_dirs[0], "-p", "x", "--width", 36)
+    assert bad_size.exit_code == 2 and "width 36 is not a multiple of 8" in bad_size.stderr
+    missing = run("generate", "-m", tmp_path / "nowhere", "-p", "x")
+    assert missing.exit_code == 2 and "not found" in missing.stderr
+    no_prompt = run("generate", "-m", tiny_dirs[0])
+    assert no_prompt.exit_code == 2 and "at least one prompt" in no_prompt.stderr
+    bad_lora = run("generate", "-m", tiny_dirs[0], "-p", "x", "--lora", tmp_path / "none.safetensors")
+    assert bad_lora.exit_code == 2 and "does not exist" in bad_lora.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert "has no prompts" in run("generate", "-m", tiny_dirs[0], "--prompt-file", empty).stderr
+
+
+def test_info_json(tiny_dirs):
+    result = run("info", tiny_dirs[0], "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["checkpoint"] == "raw" and info["preset"]["mu_rule"] == "resolution-aware"
+
+
+def test_demo_json(tmp_path):
+    result = run("demo", "--workdir", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    table = {row["checkpoint"]: row for row in summary["stages"]["generate"]["table"]}
+    assert (table["raw"]["steps"], table["turbo"]["steps"]) == (52, 8)
+    assert summary["stages"]["generate"]["turbo_speedup"] > 1
+    assert (tmp_path / "report.html").read_text().count("<img") == 1
