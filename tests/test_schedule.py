@@ -94,3 +94,26 @@ def test_flow_objective_and_euler_step_are_consistent():
     # With the exact velocity, one Euler step along the straight path lands exactly on x_s'.
     assert np.allclose(euler_step(xt, v, 0.3, 0.1), noisy_sample(x0, noise, 0.1))
     assert np.allclose(euler_step(noise, v, 1.0, 0.0), x0)
+
+
+def test_timestep_samplers():
+    import torch
+
+    from weightshop.models.schedule import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20000, "uniform", generator=g)
+    logit = sample_timesteps(20000, "logit_normal", generator=g)
+    shifted = sample_timesteps(20000, "shifted", generator=g, mu=1.15)
+    for s in (uniform, logit, shifted):
+        assert s.min() > 0 and s.max() < 1
+    assert abs(uniform.mean().item() - 0.5) < 0.01
+    assert abs(logit.median().item() - 0.5) < 0.02 and logit.std() < uniform.std()
+    # the shifted sampler follows the inference shift: P(s <= time_shift(mu, u)) = u
+    assert abs((shifted <= float(time_shift(1.15, 0.5))).float().mean().item() - 0.5) < 0.01
+    assert abs(sample_timesteps(20000, "logit_normal", generator=g, mean=1.0).median().item()
+               - 1 / (1 + math.exp(-1.0))) < 0.02
+    with pytest.raises(ValueError, match="needs mu"):
+        sample_timesteps(4, "shifted")
+    with pytest.raises(ValueError, match="unknown timestep sampler"):
+        sample_timesteps(4, "cosine")

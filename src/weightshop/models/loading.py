@@ -30,8 +30,13 @@ COMPONENTS = ("vae", "text_encoder", "tokenizer")
 MANIFEST = "weightshop.json"  # optional per-model defaults written by weightshop (size, text length, name)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-# Where built-in names (the krea2-nano family) are looked up; weightshop.nano registers its models here.
-NAMED_MODELS: dict[str, Any] = {}
+
+
+def builtin_models() -> dict[str, Any]:
+    """Built-in names (the krea2-nano family) -> a function returning their directory."""
+    from weightshop.nano.family import NAMES, model_dir
+
+    return {name: (lambda name=name: model_dir(name)) for name in NAMES}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
@@ -110,8 +115,9 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
     model_id = str(model)
     if checkpoint is not None:
         checkpoint = family.checkpoint(checkpoint).name
-    if model_id in NAMED_MODELS:
-        model = NAMED_MODELS[model_id]()
+    named = builtin_models()
+    if model_id in named:
+        model = named[model_id]()
     path = Path(model).expanduser()
     if not path.exists():
         if _looks_like_repo_id(model_id):
@@ -120,7 +126,7 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
             raise WeightshopError(
                 f"model {model_id!r} not found: expected a diffusers directory (with model_index.json), "
                 "a Krea 2 transformer .safetensors file (with --components DIR), a hub id such as "
-                f"krea/Krea-2-Raw, or a built-in name ({', '.join(sorted(NAMED_MODELS)) or 'none installed'})"
+                f"krea/Krea-2-Raw, or a built-in name ({', '.join(sorted(named))})"
             )
     comp = Path(components).expanduser() if components is not None else None
     if comp is not None:
@@ -437,6 +443,9 @@ def build_pipeline(transformer, shared: SharedComponents, checkpoint: Checkpoint
     """A Krea2Pipeline with weightshop's scheduler config and the checkpoint's is_distilled flag."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
 
+    from weightshop.models.qwen_vae import use_single_frame_convs
+
+    use_single_frame_convs(shared.vae)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(family.scheduler_config())
     pipe = Krea2Pipeline(
         scheduler=scheduler,

@@ -81,3 +81,27 @@ def noisy_sample(x0, noise, s):
 def velocity_target(x0, noise):
     """The regression target of Krea 2's objective: v = noise - x0."""
     return noise - x0
+
+
+def sample_timesteps(n: int, kind: str = "logit_normal", *, generator=None, mean: float = 0.0, std: float = 1.0,
+                     mu: float | None = None):
+    """Training timesteps s in (0, 1) for Krea 2's objective.
+
+    uniform: s ~ U(0, 1); logit_normal: s = sigmoid(N(mean, std)), which concentrates training on the
+    middle of the path where the velocity is hardest to predict; shifted: uniform pushed through the
+    same time shift as inference at `mu`, so training visits timesteps in the proportion sampling does.
+    """
+    import torch
+
+    if kind == "uniform":
+        s = torch.rand(n, generator=generator)
+    elif kind == "logit_normal":
+        s = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+    elif kind == "shifted":
+        if mu is None:
+            raise ValueError("the shifted timestep sampler needs mu")
+        u = torch.rand(n, generator=generator)
+        s = math.exp(mu) / (math.exp(mu) + 1.0 / u.clamp_min(1e-6) - 1.0)
+    else:
+        raise ValueError(f"unknown timestep sampler {kind!r}: expected uniform, logit_normal or shifted")
+    return s.clamp(1e-4, 1.0 - 1e-4)

@@ -1,0 +1,88 @@
+"""`weightshop nano ...`: build, verify and measure the embedded krea2-nano family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
+
+app = typer.Typer(help="The embedded krea2-nano family: build (train), verify, measure.", no_args_is_help=True)
+
+
+@app.command("build")
+@guarded
+def build(
+    workdir: Path = typer.Option(Path("weightshop-out/nano-build"), help="Training state and stage results."),
+    out: Path = typer.Option(None, help="Where the packaged family goes (default: the package's weights/)."),
+    stage: list[str] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
+    hours: float = typer.Option(None, help="Stop long stages after this many hours; rerun to resume."),
+    smoke: bool = typer.Option(False, help="Every stage for a few steps at toy sizes (a check, not a model)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train krea2-nano from scratch: world -> VAE -> text encoder -> Raw -> Turbo -> probe -> package -> card.
+
+    Resumable: finished stages are skipped, an interrupted stage continues from its last save.
+    """
+    from weightshop.errors import WeightshopError
+    from weightshop.nano.build import STAGES, run_build
+
+    stages = tuple(stage) if stage else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise WeightshopError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
+    with step_progress("") as progress:
+        record = run_build(workdir, out, stages, smoke=smoke, hours=hours,
+                           progress=lambda label, d, t, m: progress(label, d, t))
+    emit(record, as_json)
+    if not as_json:
+        table = Table(title=f"nano build in {workdir}")
+        table.add_column("stage")
+        table.add_column("state")
+        for name in STAGES:
+            table.add_row(name, "[green]done[/]" if name in record["stages"] else "[yellow]pending[/]")
+        console.print(table)
+
+
+@app.command("verify")
+@guarded
+def verify(as_json: bool = JSON_OPTION) -> None:
+    """Check the committed nano weights against their sha256 manifest."""
+    from weightshop.errors import WeightshopError
+    from weightshop.nano import family
+
+    if not family.installed():
+        raise WeightshopError("krea2-nano is not built yet: run `weightshop nano build`")
+    bad = family.verify()
+    emit({"ok": not bad, "problems": bad}, as_json)
+    for line in bad:
+        console.print(f"[red]{line}[/]")
+    if bad:
+        raise typer.Exit(1)
+    if not as_json:
+        console.print("[green]ok[/]: every nano file matches its sha256")
+
+
+@app.command("card")
+@guarded
+def card(
+    root: Path = typer.Option(None, help="Packaged family to measure (default: the package's weights/)."),
+    workdir: Path = typer.Option(Path("weightshop-out/nano-build"), help="The build whose record the card cites."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Measure the packaged family (probe-judged quality, seconds per image) and rewrite its model card."""
+    import json
+
+    from weightshop.nano import family
+    from weightshop.nano.build import NanoRecipe
+    from weightshop.nano.card import write_card
+
+    root = root or family.WEIGHTS
+    record = json.loads((workdir / "build.json").read_text())
+    with step_progress("") as progress:
+        result = write_card(root, record, NanoRecipe(), progress=lambda label, d, t, m: progress(label, d, t))
+    emit(result, as_json)
+    if not as_json:
+        console.print(f"model card: {root / 'MODEL_CARD.md'}")

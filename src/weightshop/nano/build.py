@@ -1,0 +1,247 @@
+"""`weightshop nano build`: the recipe that reproduces krea2-nano, stage by stage, resumable.
+
+world -> vae -> text -> raw -> turbo -> probe -> package -> card
+
+Every stage writes its result under workdir/final/ and records itself in workdir/build.json; a finished
+stage is skipped on the next run, an unfinished one resumes from its own state file (saved every few
+minutes, atomically). `--hours` bounds one sitting: the long stages stop at the deadline and the next
+run continues. `smoke=True` runs every stage for a few steps at toy sizes (the test suite does this).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weightshop.io import atomic_write_json
+from weightshop.nano import family, world
+from weightshop.nano.distill import DistillRecipe, distill_turbo
+from weightshop.nano.pretrain import TransformerRecipe, build_transformer, scene_from_json, train_raw
+from weightshop.nano.probe import ProbeRecipe, clean_accuracy, train_probe
+from weightshop.nano.text import TextRecipe, build_tokenizer, train_text_encoder
+from weightshop.nano.vae import VaeRecipe, latent_stats, psnr, render_batch, train_vae
+
+STAGES = ("world", "vae", "text", "raw", "turbo", "probe", "package", "card")
+Progress = Callable[[str, int, int, dict], None]
+
+
+@dataclass(frozen=True)
+class NanoRecipe:
+    vae: VaeRecipe = field(default_factory=VaeRecipe)
+    text: TextRecipe = field(default_factory=TextRecipe)
+    transformer: TransformerRecipe = field(default_factory=TransformerRecipe)
+    distill: DistillRecipe = field(default_factory=DistillRecipe)
+    probe: ProbeRecipe = field(default_factory=ProbeRecipe)
+    eval_prompts: int = 100
+    eval_seeds: tuple[int, ...] = (0, 1)
+    size: int = 64
+    weights_dtype: str = "bf16"  # transformers are stored in bf16 to keep the family under 40 MB
+
+
+def smoke_recipe() -> NanoRecipe:
+    """Every stage for a few steps at toy sizes: proves the recipe runs end to end in seconds."""
+    return NanoRecipe(
+        vae=VaeRecipe(base_dim=8, z_dim=4, steps=2, batch=4),
+        text=TextRecipe(hidden=32, layers=2, heads=2, kv_heads=1, select_layers=(1, 2), corpus_scenes=200,
+                        steps=2, batch=4, vocab_size=600),
+        transformer=TransformerRecipe(hidden_heads=2, head_dim=16, layers=1, intermediate=64,
+                                      axes_dims_rope=(4, 6, 6), timestep_embed_dim=32, text_heads=2,
+                                      text_intermediate=32, fusion_blocks=(1, 1), dataset_scenes=32, batch=4,
+                                      steps=2, warmup=1),
+        distill=DistillRecipe(substeps=1, batch=2, trajectories=1),
+        probe=ProbeRecipe(width=8, batch=8, steps=2),
+        eval_prompts=2, eval_seeds=(0,),
+    )
+
+
+class Build:
+    def __init__(self, workdir: Path, out: Path = family.WEIGHTS, recipe: NanoRecipe | None = None,
+                 progress: Progress | None = None, deadline: float | None = None):
+        self.workdir = Path(workdir)
+        self.final = self.workdir / "final"
+        self.out = Path(out)
+        self.recipe = recipe or NanoRecipe()
+        self.progress = progress or (lambda *_: None)
+        self.deadline = deadline
+        self.final.mkdir(parents=True, exist_ok=True)
+        self.record_path = self.workdir / "build.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {"stages": {}}
+        recipe_json = json.loads(json.dumps(asdict(self.recipe)))
+        if self.record.get("recipe") not in (None, recipe_json):
+            from weightshop.errors import WeightshopError
+
+            raise WeightshopError(f"{self.workdir} holds a build made with another recipe: use a fresh --workdir")
+        self.record["recipe"] = recipe_json
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def done(self, stage: str) -> bool:
+        return stage in self.record["stages"]
+
+    def finish(self, stage: str, result: dict) -> None:
+        self.record["stages"][stage] = {"finished": time.time(), **result}
+        atomic_write_json(self.record_path, self.record)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict:
+        for stage in STAGES:
+            if stage not in stages or self.done(stage):
+                continue
+            if self.out_of_time():
+                break
+            result = getattr(self, f"stage_{stage}")()
+            if result is None:  # stopped at the deadline; the next run resumes
+                break
+            self.finish(stage, result)
+        return self.record
+
+    # -- stages --------------------------------------------------------------------------------------
+    def stage_world(self) -> dict:
+        """A preview sheet and the concept census of the pretraining distribution."""
+        rng = np.random.default_rng(0)
+        scenes = [world.sample_scene(rng) for _ in range(16)] + [
+            world.sample_scene(rng, heldout=h) for h in world.HELDOUT_CONCEPTS for _ in range(4)]
+        from weightshop.report import image_grid
+
+        sheet = image_grid([[world.render(s) for s in scenes[i:i + 8]] for i in range(0, len(scenes), 8)], cell=64)
+        sheet.save(self.final / "world_preview.png")
+        return {"preview": "world_preview.png", "attributes": {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}}
+
+    def stage_vae(self) -> dict | None:
+        r = self.recipe.vae
+        vae, info = train_vae(self.workdir, r, deadline=self.deadline,
+                              progress=lambda d, t, m: self.progress("vae", d, t, m))
+        if info["step"] < r.steps:
+            return None
+        mean, std = latent_stats(vae, size=self.recipe.size)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        vae.save_pretrained(self.final / "vae")
+        quality = psnr(vae, render_batch(np.random.default_rng(1234), 256, self.recipe.size, 0.2))
+        return {"steps": info["step"], "psnr_db": quality, "latents_mean": mean, "latents_std": std}
+
+    def stage_text(self) -> dict | None:
+        r = self.recipe.text
+        tokenizer = build_tokenizer(r)
+        tokenizer.save_pretrained(self.final / "tokenizer")
+        encoder, info = train_text_encoder(self.workdir, tokenizer, r,
+                                           progress=lambda d, t, m: self.progress("text", d, t, m))
+        encoder.save_pretrained(self.final / "text_encoder")
+        return {"steps": info["step"], "final_lm_loss": info["history"][-1]["loss"] if info["history"] else None,
+                "vocab": len(tokenizer)}
+
+    def components(self):
+        """The trained VAE, text encoder and tokenizer as weightshop SharedComponents."""
+        from diffusers import AutoencoderKLQwenImage
+        from transformers import AutoTokenizer, Qwen3VLModel
+
+        from weightshop.models.loading import SharedComponents
+
+        vae = AutoencoderKLQwenImage.from_pretrained(self.final / "vae").eval()
+        encoder = Qwen3VLModel.from_pretrained(self.final / "text_encoder").eval()
+        tokenizer = AutoTokenizer.from_pretrained(self.final / "tokenizer")
+        return SharedComponents(vae, encoder, tokenizer, self.recipe.text.select_layers, self.final)
+
+    def _pipeline(self, transformer, checkpoint: str = "raw"):
+        from weightshop.models.loading import build_pipeline
+        from weightshop.models.spec import KREA2
+
+        return build_pipeline(transformer, self.components(), KREA2.checkpoint(checkpoint))
+
+    def _fresh_transformer(self):
+        shared = self.components()
+        torch.manual_seed(self.recipe.transformer.seed)  # the initial weights are part of the recipe
+        return build_transformer(shared.vae.config.z_dim * 4, shared.text_encoder.config.text_config.hidden_size,
+                                 len(shared.select_layers), self.recipe.transformer)
+
+    def stage_raw(self) -> dict | None:
+        r = self.recipe.transformer
+        pipe = self._pipeline(self._fresh_transformer())
+        ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, deadline=self.deadline,
+                              progress=self.progress)
+        if info["step"] < r.steps:
+            return None
+        ema.save_pretrained(self.final / "raw_transformer")
+        return {"steps": info["step"], "samples": info["step"] * r.batch,
+                "final_loss": info["history"][-1]["loss"] if info["history"] else None}
+
+    def _load_transformer(self, name: str):
+        from diffusers import Krea2Transformer2DModel
+
+        return Krea2Transformer2DModel.from_pretrained(self.final / name).eval()
+
+    def _scenes(self) -> list:
+        return [scene_from_json(d) for d in json.loads((self.workdir / "raw_scenes.json").read_text())]
+
+    def stage_turbo(self) -> dict | None:
+        r = self.recipe.distill
+        teacher = self._load_transformer("raw_transformer")
+        pipe = self._pipeline(teacher)
+        scale = pipe.vae_scale_factor
+        shape = (pipe.vae.config.z_dim, self.recipe.size // scale, self.recipe.size // scale)
+        ema, info = distill_turbo(self.workdir, pipe, teacher, self.recipe.text.max_sequence_length, self._scenes(),
+                                  shape, r, deadline=self.deadline, progress=self.progress)
+        if info["trajectory"] < r.trajectories:
+            return None
+        ema.save_pretrained(self.final / "turbo_transformer")
+        return {"trajectories": info["trajectory"], "student_updates": info["trajectory"] * r.student_steps,
+                "final_loss": info["history"][-1]["loss"] if info["history"] else None}
+
+    def stage_probe(self) -> dict:
+        r = self.recipe.probe
+        vae = self.components().vae
+        probe, info = train_probe(self.workdir, r, vae=vae, progress=lambda d, t, m: self.progress("probe", d, t, m))
+        from safetensors.torch import save_file
+
+        (self.final / "probe").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(self.final / "probe" / "probe.safetensors"))
+        atomic_write_json(self.final / "probe" / "config.json", {"width": r.width, "attributes": {
+            k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}})
+        accuracy = clean_accuracy(probe, n=2000 if r.steps > 100 else 20)
+        atomic_write_json(self.final / "probe" / "accuracy.json", accuracy)
+        return {"steps": info["step"], "clean_accuracy": accuracy}
+
+    def stage_package(self) -> dict:
+        """Write the two diffusers directories, the probe and the sha256 manifest into `out`."""
+        import shutil
+
+        from weightshop.models.loading import MANIFEST
+
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[self.recipe.weights_dtype]
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        for checkpoint, name in (("raw", "raw_transformer"), ("turbo", "turbo_transformer")):
+            target = self.out / f"krea2-nano-{checkpoint}"
+            pipe = self._pipeline(self._load_transformer(name), checkpoint)
+            pipe.transformer.to(dtype)
+            pipe.save_pretrained(target)
+            atomic_write_json(target / MANIFEST, {
+                "family": "krea2", "name": f"krea2-nano-{checkpoint}", "checkpoint": checkpoint,
+                "default_size": self.recipe.size, "max_sequence_length": self.recipe.text.max_sequence_length,
+                "text_encoder_select_layers": list(self.recipe.text.select_layers),
+                "about": "krea2-nano: Krea 2's architecture at nano size, trained on the shapes world",
+            })
+        shutil.copytree(self.final / "probe", self.out / "probe")
+        shutil.copy(self.final / "world_preview.png", self.out / "world_preview.png")
+        manifest = family.write_manifest(self.out)
+        return {"total_bytes": manifest["total_bytes"], "files": len(manifest["files"])}
+
+    def stage_card(self) -> dict:
+        from weightshop.nano.card import write_card
+
+        return write_card(self.out, self.record, self.recipe, progress=self.progress)
+
+
+def run_build(workdir: str | Path, out: str | Path | None = None, stages: tuple[str, ...] = STAGES,
+              smoke: bool = False, hours: float | None = None, progress: Progress | None = None) -> dict:
+    recipe = smoke_recipe() if smoke else NanoRecipe()
+    deadline = time.time() + hours * 3600 if hours else None
+    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline)
+    return build.run(stages)
+

@@ -1,0 +1,120 @@
+"""The krea2-nano model card: architecture, recipe and measured quality, written by a command.
+
+`weightshop nano card` (and the build's last stage) measures the packaged weights and writes
+weights/MODEL_CARD.md, weights/quality.json and the grid image; docs/krea2-nano.md gets the same card.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from weightshop.io import atomic_write_json, atomic_write_text
+from weightshop.nano import family, world
+
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def measure_family(root: Path, prompts: int, seeds: tuple[int, ...], progress=None) -> dict:
+    from weightshop.models.loading import load_pair
+    from weightshop.nano.evaluate import comparison_grid, load_probe, measure
+
+    pair = load_pair(root / "krea2-nano-raw", root / "krea2-nano-turbo", dtype="fp32")
+    probe = load_probe(root / "probe")
+    result = measure({"raw": pair.raw, "turbo": pair.turbo}, probe, prompts, seeds,
+                     progress=(lambda label, d, t: progress(label, d, t, {})) if progress else None)
+    grid = comparison_grid(result["examples"])
+    raw, turbo = result["rows"][0], result["rows"][2]
+    targets = {
+        "raw_shape_and_colour_at_least_90": raw["acc_shape"] >= 0.9 and raw["acc_colour"] >= 0.9,
+        "turbo_within_5_points_all_correct": turbo["all_correct"] >= raw["all_correct"] - 0.05,
+        "turbo_at_least_6x_faster": raw["seconds_per_image"] / turbo["seconds_per_image"] >= 6,
+    }
+    sizes = {
+        "transformer_parameters": _params(pair.raw.pipeline.transformer),
+        "vae_parameters": _params(pair.raw.pipeline.vae),
+        "text_encoder_parameters": _params(pair.raw.pipeline.text_encoder),
+        "probe_parameters": _params(probe),
+        "transformer_config": dict(pair.raw.pipeline.transformer.config),
+        "vae_config": {k: v for k, v in pair.raw.pipeline.vae.config.items() if not k.startswith("latents_")},
+        "text_encoder_layers": pair.raw.pipeline.text_encoder.config.text_config.num_hidden_layers,
+        "text_encoder_hidden": pair.raw.pipeline.text_encoder.config.text_config.hidden_size,
+        "select_layers": list(pair.raw.pipeline.text_encoder_select_layers),
+    }
+    return {"rows": result["rows"], "targets": targets, "sizes": sizes, "grid": grid,
+            "speedup": raw["seconds_per_image"] / turbo["seconds_per_image"]}
+
+
+def _table(rows: list[dict]) -> str:
+    keys = ["setting", "acc_shape", "acc_colour", "acc_size", "acc_fill", "acc_background", "acc_position",
+            "acc_relation", "all_correct", "seconds_per_image", "cpu_seconds_per_image"]
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    body = "".join("| " + " | ".join(
+        f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+    return head + body
+
+
+def render_card(record: dict, quality: dict, manifest: dict) -> str:
+    stages = record["stages"]
+    s = quality["sizes"]
+    probe_acc = stages.get("probe", {}).get("clean_accuracy", {})
+    return f"""# krea2-nano
+
+Krea 2's architecture and code path at nano size (Krea2Transformer2DModel, AutoencoderKLQwenImage,
+Qwen3VLModel text encoder, Krea2Pipeline), trained on CPU on the procedural shapes world. Two checkpoints,
+as in the real release: **nano-Raw** (pretrained, sampled at 52 steps with guidance 3.5) and
+**nano-Turbo** (distilled from Raw to 8 steps without guidance, `is_distilled`, mu 1.15).
+This card was written by `weightshop nano card`; every number below was measured by it.
+
+## Architecture
+| component | size |
+|---|---|
+| transformer | {s['transformer_parameters']:,} parameters: {s['transformer_config']['num_layers']} blocks, hidden {s['transformer_config']['attention_head_dim'] * s['transformer_config']['num_attention_heads']}, {s['transformer_config']['num_attention_heads']} q / {s['transformer_config']['num_key_value_heads']} kv heads, MLP {s['transformer_config']['intermediate_size']}, rope {list(s['transformer_config']['axes_dims_rope'])} |
+| VAE | {s['vae_parameters']:,} parameters, f4 (dim_mult {s['vae_config']['dim_mult']}), z {s['vae_config']['z_dim']}; reconstruction PSNR {stages.get('vae', {}).get('psnr_db', float('nan')):.2f} dB |
+| text encoder | {s['text_encoder_parameters']:,} parameters, {s['text_encoder_layers']} layers x {s['text_encoder_hidden']}, taps {s['select_layers']} |
+| probe | {s['probe_parameters']:,} parameters |
+| files | {manifest['total_bytes'] / 2**20:.1f} MiB in all (transformers stored in bf16) |
+
+## Training recipe (reproduced by `weightshop nano build`)
+- world: 64 px scenes of 1-2 objects: shapes {', '.join(world.SHAPES)}; {len(world.COLOURS)} colours; backgrounds {', '.join(world.BACKGROUNDS)}; sizes {', '.join(world.SIZES)}; fills {', '.join(world.FILLS)}; positions or relations. Held out (never in Raw's data): {', '.join(world.HELDOUT_CONCEPTS)}.
+- VAE: {stages.get('vae', {}).get('steps')} steps, L1 + MSE + edge loss, KL 1e-6 (sees held-out concepts, like a general VAE).
+- text encoder: byte-level BPE ({stages.get('text', {}).get('vocab')} tokens, Krea's 34 + 5 template layout), next-token pretraining on template-wrapped captions, {stages.get('text', {}).get('steps')} steps.
+- nano-Raw: {stages.get('raw', {}).get('steps')} steps x batch {record['recipe']['transformer']['batch']}, x_t = (1-s) x0 + s noise, v = noise - x0, logit-normal s, 10 % caption dropout, EMA {record['recipe']['transformer']['ema_decay']}.
+- nano-Turbo: trajectory distillation onto the 8-step mu 1.15 grid from Raw with guidance 3.5 (6 Euler sub-steps per interval), {stages.get('turbo', {}).get('trajectories')} trajectories; half the intervals start from the student's own state.
+- probe: {stages.get('probe', {}).get('steps')} steps on renders of all concepts with generation-like augmentation.
+
+## Probe accuracy on clean renders
+{' | '.join(f'{k} {v:.3f}' for k, v in probe_acc.items())}
+
+## Measured quality ({quality['rows'][0]['n']} prompt x seed pairs, probe-judged)
+{_table(quality['rows'])}
+Turbo is {quality['speedup']:.1f}x faster per image than Raw at its preset. Targets: {json.dumps(quality['targets'])}.
+Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.
+
+![Raw vs Turbo](images/krea2-nano-grid.png)
+"""
+
+
+def write_card(root: Path, record: dict, recipe, progress=None) -> dict:
+    quality = measure_family(root, recipe.eval_prompts, tuple(recipe.eval_seeds), progress)
+    quality["grid"].save(root / "grid.png")
+    manifest = json.loads((root / "manifest.json").read_text())
+    card = render_card(record, quality, manifest)
+    atomic_write_text(root / "MODEL_CARD.md", card)
+    payload = {k: v for k, v in quality.items() if k != "grid"}
+    atomic_write_json(root / "quality.json", payload)
+    if root.resolve() == family.WEIGHTS.resolve():
+        (DOCS / "images").mkdir(parents=True, exist_ok=True)
+        quality["grid"].save(DOCS / "images" / "krea2-nano-grid.png")
+        atomic_write_text(DOCS / "krea2-nano.md", card)
+    family.write_manifest(root)
+    return {"rows": quality["rows"], "targets": quality["targets"], "speedup": quality["speedup"]}
+
+

@@ -1,0 +1,63 @@
+"""Where the committed krea2-nano weights live, and their integrity check.
+
+Layout (Hugging Face diffusers directories, loadable with Krea2Pipeline.from_pretrained):
+  weights/krea2-nano-raw/     complete pipeline: model_index.json, transformer/, vae/, text_encoder/,
+                              tokenizer/, scheduler/, weightshop.json
+  weights/krea2-nano-turbo/   the same, with the distilled transformer and is_distilled = true
+  weights/probe/              the probe classifier (safetensors + config.json)
+  weights/manifest.json       sha256 and size of every file above
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from weightshop.errors import WeightshopError
+from weightshop.io import sha256_file
+
+WEIGHTS = Path(__file__).parent / "weights"
+RAW_DIR = WEIGHTS / "krea2-nano-raw"
+TURBO_DIR = WEIGHTS / "krea2-nano-turbo"
+PROBE_DIR = WEIGHTS / "probe"
+MANIFEST = WEIGHTS / "manifest.json"
+
+NAMES = {"krea2-nano": RAW_DIR, "krea2-nano-raw": RAW_DIR, "krea2-nano-turbo": TURBO_DIR}
+
+
+def installed(root: Path = WEIGHTS) -> bool:
+    return (root / "manifest.json").is_file()
+
+
+def model_dir(name: str) -> Path:
+    if name not in NAMES:
+        raise WeightshopError(f"unknown built-in model {name!r}: expected one of {', '.join(NAMES)}")
+    if not installed():
+        raise WeightshopError(
+            f"{name} is not built yet: run `weightshop nano build` (a few CPU hours) to train the nano family"
+        )
+    return NAMES[name]
+
+
+def write_manifest(root: Path) -> dict:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {"files": {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                          for p in files}}
+    manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    from weightshop.io import atomic_write_json
+
+    atomic_write_json(root / "manifest.json", manifest)
+    return manifest
+
+
+def verify(root: Path = WEIGHTS) -> list[str]:
+    """Files whose sha256 differs from the manifest, or that are missing (empty when intact)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    bad = []
+    for rel, meta in manifest["files"].items():
+        path = root / rel
+        if not path.is_file():
+            bad.append(f"{rel}: missing")
+        elif sha256_file(path) != meta["sha256"]:
+            bad.append(f"{rel}: sha256 mismatch")
+    return bad

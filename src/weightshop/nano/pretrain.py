@@ -1,0 +1,219 @@
+"""nano-Raw: a small Krea2Transformer2DModel pretrained on the shapes world with Krea 2's objective.
+
+x_t = (1 - s) x0 + s noise, target v = noise - x0, timestep s (logit-normal), 10 % caption dropout
+so classifier-free guidance works. Text goes through the real Krea2Pipeline.encode_prompt and latents
+through the pipeline's own packing, so training sees exactly what sampling will feed the model.
+Held-out concepts (stars, stripes) never appear in these images or captions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from weightshop.models.schedule import noisy_sample, sample_timesteps, velocity_target
+from weightshop.nano import world
+from weightshop.nano.state import load_state, save_state
+
+
+@dataclass(frozen=True)
+class TransformerRecipe:
+    hidden_heads: int = 4
+    head_dim: int = 64
+    kv_heads: int = 2
+    layers: int = 6
+    intermediate: int = 768
+    axes_dims_rope: tuple[int, int, int] = (16, 24, 24)
+    timestep_embed_dim: int = 128
+    text_heads: int = 4
+    text_intermediate: int = 128
+    fusion_blocks: tuple[int, int] = (2, 2)
+    # training
+    dataset_scenes: int = 60000
+    batch: int = 64
+    lr: float = 5e-4
+    warmup: int = 500
+    steps: int = 40000
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    seed: int = 0
+    save_every_s: float = 180.0
+
+
+def build_transformer(in_channels: int, text_hidden: int, num_text_layers: int,
+                      recipe: TransformerRecipe = TransformerRecipe()):
+    from diffusers import Krea2Transformer2DModel
+
+    return Krea2Transformer2DModel(
+        in_channels=in_channels, num_layers=recipe.layers, attention_head_dim=recipe.head_dim,
+        num_attention_heads=recipe.hidden_heads, num_key_value_heads=recipe.kv_heads,
+        intermediate_size=recipe.intermediate, timestep_embed_dim=recipe.timestep_embed_dim,
+        text_hidden_dim=text_hidden, num_text_layers=num_text_layers,
+        text_num_attention_heads=recipe.text_heads, text_num_key_value_heads=recipe.text_heads,
+        text_intermediate_size=recipe.text_intermediate, num_layerwise_text_blocks=recipe.fusion_blocks[0],
+        num_refiner_text_blocks=recipe.fusion_blocks[1], axes_dims_rope=recipe.axes_dims_rope,
+    )
+
+
+class Conditioner:
+    """The pipeline's own text encoding, latent normalisation and packing, for training."""
+
+    def __init__(self, pipe, max_sequence_length: int):
+        self.pipe = pipe
+        self.max_sequence_length = max_sequence_length
+        vae = pipe.vae
+        self.mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pipe.encode_prompt(captions, device=torch.device("cpu"),
+                                       max_sequence_length=self.max_sequence_length)
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents (B, C, h, w) -> the transformer's space (inverse of the pipeline's decode step)."""
+        return (z - self.mean) / self.std
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = latents.shape
+        return self.pipe._pack_latents(latents, b, c, h, w)
+
+    def unpack(self, packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed tokens -> (B, C, h, w) normalised latents, for image-size H x W."""
+        return self.pipe._unpack_latents(packed, height, width)[:, :, 0]
+
+    def position_ids(self, text_len: int, h: int, w: int) -> torch.Tensor:
+        p = self.pipe.patch_size
+        return self.pipe.prepare_position_ids(text_len, h // p, w // p, torch.device("cpu"))
+
+
+def encode_scenes(vae, scenes: list, size: int = 64, batch: int = 128,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """VAE latent means (N, C, h, w) of the rendered scenes, computed once and reused every epoch."""
+    from weightshop.models.qwen_vae import use_single_frame_convs
+
+    use_single_frame_convs(vae)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(scenes), batch):
+            chunk = scenes[start:start + batch]
+            x = torch.from_numpy(np.stack([np.asarray(world.render(s, size), np.float32) for s in chunk]))
+            x = (x.permute(0, 3, 1, 2) / 127.5 - 1.0).unsqueeze(2)
+            out.append(vae.encode(x).latent_dist.mode()[:, :, 0].to(torch.bfloat16))
+            if progress:
+                progress(min(start + batch, len(scenes)), len(scenes))
+    return torch.cat(out)
+
+
+def scene_to_json(scene) -> dict:
+    return {"objects": [asdict(o) for o in scene.objects], "background": scene.background,
+            "position": scene.position, "relation": scene.relation, "seed": scene.seed}
+
+
+def scene_from_json(d: dict):
+    return world.Scene(tuple(world.ObjectSpec(**o) for o in d["objects"]), d["background"], d["position"],
+                       d["relation"], d["seed"])
+
+
+def latent_dataset(workdir: Path, vae, n: int, seed: int, progress=None) -> tuple[list, torch.Tensor]:
+    """Pretraining scenes (no held-out concepts) and their latents, cached in workdir."""
+    lat_path, scenes_path = workdir / "raw_latents.safetensors", workdir / "raw_scenes.json"
+    if lat_path.is_file() and scenes_path.is_file():
+        scenes = [scene_from_json(d) for d in json.loads(scenes_path.read_text())]
+        latents = load_file(str(lat_path))["latents"]
+        if len(scenes) == len(latents) == n:
+            return scenes, latents
+    rng = np.random.default_rng([seed, 11])
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    latents = encode_scenes(vae, scenes, progress=progress)
+    save_file({"latents": latents.contiguous()}, str(lat_path))
+    scenes_path.write_text(json.dumps([scene_to_json(s) for s in scenes]))
+    return scenes, latents
+
+
+def flow_loss(transformer, cond: Conditioner, x0: torch.Tensor, embeds, mask, s: torch.Tensor,
+              noise: torch.Tensor) -> torch.Tensor:
+    """Krea 2's objective on packed latents x0 (B, L, C): MSE between predicted and true velocity."""
+    b, c, h, w = x0.shape
+    packed = cond.pack(x0)
+    noise = cond.pack(noise)
+    xt = noisy_sample(packed, noise, s.view(-1, 1, 1))
+    ids = cond.position_ids(embeds.shape[1], h, w)
+    v = transformer(xt, embeds, s, ids, mask, return_dict=False)[0]
+    return F.mse_loss(v.float(), velocity_target(packed, noise).float())
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach().float(), 1.0 - decay)
+
+
+def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: TransformerRecipe = TransformerRecipe(),
+              max_steps: int | None = None, deadline: float | None = None,
+              progress: Callable[[str, int, int, dict], None] | None = None):
+    """Pretrain (or resume) nano-Raw; `pipe` holds the trained VAE, text encoder and a fresh transformer.
+
+    Returns the EMA transformer and the run info.
+    """
+    import copy
+
+    torch.manual_seed(recipe.seed)
+    model = pipe.transformer.train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    cond = Conditioner(pipe, max_sequence_length)
+    scenes, latents = latent_dataset(workdir, pipe.vae, recipe.dataset_scenes, recipe.seed,
+                                     (lambda d, t: progress("encode", d, t, {})) if progress else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    state_path = workdir / "raw_state"
+    info = load_state(state_path, {"model": model, "ema": ema}, opt) or {"step": 0, "history": []}
+    target = min(recipe.steps, max_steps) if max_steps else recipe.steps
+    last_save, smooth = time.monotonic(), None
+    while info["step"] < target:
+        step = info["step"]
+        decay_start = int(0.8 * recipe.steps)
+        scale = min(1.0, (step + 1) / recipe.warmup)
+        if step > decay_start:
+            scale *= 0.5 * (1 + math.cos(math.pi * (step - decay_start) / (recipe.steps - decay_start)))
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * scale
+        # Everything random in step k derives from (seed, k): a resumed run repeats an uninterrupted one exactly.
+        rng = np.random.default_rng([recipe.seed, step, 5])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = rng.integers(len(scenes), size=recipe.batch)
+        captions = ["" if rng.random() < recipe.caption_dropout else world.caption(scenes[i], int(rng.integers(2**31)))
+                    for i in idx]
+        embeds, mask = cond.text(captions)
+        x0 = cond.normalise(latents[torch.from_numpy(idx)].float())
+        s = sample_timesteps(recipe.batch, "logit_normal", generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = flow_loss(model, cond, x0, embeds, mask, s, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, recipe.ema_decay if step > recipe.warmup else 0.0)
+        info["step"] = step + 1
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if info["step"] % 100 == 0:
+            info["history"].append({"step": info["step"], "loss": smooth, "time": time.time()})
+        if progress:
+            progress("raw", info["step"], target, {"loss": smooth})
+        now = time.monotonic()
+        stop = deadline is not None and time.time() > deadline
+        if now - last_save > recipe.save_every_s or info["step"] == target or stop:
+            save_state(state_path, {"model": model, "ema": ema}, opt, info)
+            last_save = now
+        if stop:
+            break
+    return ema, info

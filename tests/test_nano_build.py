@@ -1,0 +1,161 @@
+"""The krea2-nano recipe: a few-step smoke run of every stage, exact resume, integrity, probe scoring."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weightshop.nano import family, world
+from weightshop.nano.build import Build, run_build, smoke_recipe
+from weightshop.nano.probe import ProbeRecipe, canonical, labels, relevant, score, train_probe
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nano")
+    record = run_build(root / "work", root / "weights", smoke=True)
+    return root, record
+
+
+def test_every_stage_runs_and_is_recorded(smoke):
+    root, record = smoke
+    assert list(record["stages"]) == ["world", "vae", "text", "raw", "turbo", "probe", "package", "card"]
+    assert (root / "weights" / "MODEL_CARD.md").read_text().count("| nano-") == 3
+    quality = json.loads((root / "weights" / "quality.json").read_text())
+    assert [r["setting"].split(" (")[0] for r in quality["rows"]] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
+                                                                       "nano-Turbo preset"]
+
+
+def test_packaged_family_loads_through_the_standard_loaders(smoke):
+    from diffusers import Krea2Pipeline
+
+    from weightshop.models.loading import load_pair
+
+    root, _ = smoke
+    pair = load_pair(root / "weights" / "krea2-nano-raw", root / "weights" / "krea2-nano-turbo", dtype="fp32")
+    assert pair.turbo.pipeline.config.is_distilled and not pair.raw.pipeline.config.is_distilled
+    assert pair.raw.default_size == 64 and pair.raw.size_multiple == 8
+    direct = Krea2Pipeline.from_pretrained(root / "weights" / "krea2-nano-turbo")
+    assert direct.config.is_distilled and direct.vae_scale_factor == 4
+
+
+def test_manifest_detects_a_changed_file(smoke, tmp_path):
+    import shutil
+
+    root, _ = smoke
+    copy = tmp_path / "weights"
+    shutil.copytree(root / "weights", copy)
+    assert family.verify(copy) == []
+    target = next((copy / "krea2-nano-raw" / "transformer").glob("*.safetensors"))
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert family.verify(copy) == [f"krea2-nano-raw/transformer/{target.name}: sha256 mismatch"]
+
+
+def test_finished_stages_are_skipped(smoke):
+    root, record = smoke
+    again = run_build(root / "work", root / "weights", smoke=True)
+    assert again["stages"]["raw"]["finished"] == record["stages"]["raw"]["finished"]
+
+
+def test_raw_pretraining_resumes_exactly(smoke, tmp_path):
+    """Interrupted after 1 step and resumed equals 2 uninterrupted steps, weights and EMA alike."""
+    import shutil
+
+    from weightshop.nano.pretrain import train_raw
+
+    root, _ = smoke
+    recipe = smoke_recipe()
+    results = []
+    for name, stops in (("straight", [2]), ("resumed", [1, 2])):
+        work = tmp_path / name
+        (work / "final").mkdir(parents=True)
+        for part in ("vae", "text_encoder", "tokenizer"):
+            shutil.copytree(root / "work" / "final" / part, work / "final" / part)
+        build = Build(work, tmp_path / "out", recipe)
+        for stop in stops:
+            pipe = build._pipeline(build._fresh_transformer())
+            ema, info = train_raw(work, pipe, recipe.text.max_sequence_length, recipe.transformer, max_steps=stop)
+        results.append((pipe.transformer.state_dict(), ema.state_dict(), info["history"]))
+    (a, ea, _), (b, eb, _) = results
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_probe_training_resumes_exactly(tmp_path):
+    recipe = ProbeRecipe(width=8, batch=4, steps=4)
+    straight, _ = train_probe(tmp_path / "a", recipe)
+    train_probe(tmp_path / "b", recipe, max_steps=2)
+    resumed, info = train_probe(tmp_path / "b", recipe)
+    assert info["step"] == 4
+    sa, sb = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_build_with_another_recipe_is_refused(smoke):
+    from weightshop.errors import WeightshopError
+    from weightshop.nano.build import NanoRecipe
+
+    root, _ = smoke
+    with pytest.raises(WeightshopError, match="another recipe"):
+        Build(root / "work", root / "weights", NanoRecipe())
+
+
+# --- the probe's labels and scores -----------------------------------------------------------------
+
+
+def _scene(relation):
+    a = world.ObjectSpec("circle", "red", "large", "solid")
+    b = world.ObjectSpec("square", "blue", "small", "solid")
+    return world.Scene((a, b), "gray", relation=relation, seed=3)
+
+
+def test_canonical_reading_of_two_object_scenes():
+    right = canonical(_scene("right of"))
+    assert right.relation == "left of" and right.objects[0].shape == "square"
+    assert canonical(_scene("left of")) == _scene("left of")
+    below = labels(_scene("below"))
+    assert (below["relation"], below["shape"], below["shape2"]) == ("above", "square", "circle")
+    # the two phrasings of one picture get one label set
+    assert labels(_scene("right of"))["colour"] == "blue"
+
+
+def test_score_counts_only_what_a_prompt_specifies():
+    one = world.Scene((world.ObjectSpec("star", "red", "small", "striped"),), "black", position="left", seed=1)
+    two = _scene("left of")
+    truth_one, truth_two = labels(one), labels(two)
+    wrong_relation = dict(truth_two, relation="above")
+    wrong_size_in_two = dict(truth_two, size="small")  # size is not judged for two-object prompts
+    missed_star = dict(truth_one, shape="circle")
+    result = score([truth_one, wrong_relation, wrong_size_in_two, missed_star], [one, two, two, one])
+    assert result["acc_relation"] == pytest.approx(1 / 2)  # judged on the two two-object scenes only
+    assert result["acc_shape"] == pytest.approx(3 / 4)
+    assert result["all_correct"] == pytest.approx(2 / 4)
+    # concept hits: star found in 1 of 2 star scenes; striped fill found in both striped scenes
+    assert result["concept_hit_rate"] == pytest.approx(3 / 4)
+    assert set(relevant(truth_one)) >= {"position", "size"} and "relation" not in relevant(truth_one)
+
+
+def test_committed_probe_meets_its_accuracy_target():
+    if not family.installed():
+        pytest.skip("krea2-nano weights not built yet (weightshop nano build)")
+    from weightshop.nano.evaluate import load_probe
+    from weightshop.nano.probe import clean_accuracy
+
+    accuracy = clean_accuracy(load_probe(family.PROBE_DIR), n=300)
+    assert min(accuracy.values()) >= 0.98, accuracy
+
+
+def test_single_frame_vae_path_is_exact():
+    from weightshop.models.qwen_vae import use_single_frame_convs
+    from weightshop.models.tiny import tiny_vae
+
+    vae = tiny_vae()
+    x = torch.rand(2, 3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        reference = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        assert use_single_frame_convs(vae) > 10 and use_single_frame_convs(vae) == 0
+        fast = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    assert torch.allclose(reference, fast, atol=1e-5)
