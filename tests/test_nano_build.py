@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ def smoke(tmp_path_factory):
 
 def test_every_stage_runs_and_is_recorded(smoke):
     root, record = smoke
-    assert list(record["stages"]) == ["world", "vae", "text", "raw", "turbo", "probe", "package", "card"]
+    assert list(record["stages"]) == ["world", "vae", "text", "probe", "raw", "turbo", "package", "card"]
     assert (root / "weights" / "MODEL_CARD.md").read_text().count("| nano-") == 3
     quality = json.loads((root / "weights" / "quality.json").read_text())
     assert [r["setting"].split(" (")[0] for r in quality["rows"]] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
@@ -94,13 +93,19 @@ def test_probe_training_resumes_exactly(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_a_build_with_another_recipe_is_refused(smoke):
+def test_a_started_stage_with_another_recipe_is_refused(smoke, tmp_path):
+    from dataclasses import replace
+
     from weightshop.errors import WeightshopError
-    from weightshop.nano.build import NanoRecipe
 
     root, _ = smoke
-    with pytest.raises(WeightshopError, match="another recipe"):
-        Build(root / "work", root / "weights", NanoRecipe())
+    recipe = smoke_recipe()
+    with pytest.raises(WeightshopError, match="stage 'raw' was started with another recipe"):
+        Build(root / "work", root / "weights", replace(recipe, transformer=replace(recipe.transformer, lr=1.0)))
+    # a stage that has not started yet may still change
+    fresh = tmp_path / "fresh"
+    Build(fresh, tmp_path / "w", recipe).run(("world",))
+    Build(fresh, tmp_path / "w", replace(recipe, transformer=replace(recipe.transformer, lr=1.0)))
 
 
 # --- the probe's labels and scores -----------------------------------------------------------------
@@ -159,3 +164,29 @@ def test_single_frame_vae_path_is_exact():
         assert use_single_frame_convs(vae) > 10 and use_single_frame_convs(vae) == 0
         fast = vae.decode(vae.encode(x).latent_dist.mode()).sample
     assert torch.allclose(reference, fast, atol=1e-5)
+
+
+def test_committed_family_is_intact_and_loads():
+    if not family.installed():
+        pytest.skip("krea2-nano weights not built yet (weightshop nano build)")
+    from weightshop.models.loading import load_model
+
+    assert family.verify() == []
+    manifest = json.loads(family.MANIFEST.read_text())
+    assert manifest["total_bytes"] <= 40 * 2**20
+    turbo = load_model("krea2-nano-turbo", dtype="fp32")
+    assert turbo.checkpoint.name == "turbo" and turbo.pipeline.config.is_distilled
+    assert load_model("krea2-nano", dtype="fp32").checkpoint.name == "raw"
+
+
+def test_demo_runs_on_a_packaged_nano_family(smoke, tmp_path):
+    from weightshop.demo import run_demo
+
+    root, _ = smoke
+    summary = run_demo(tmp_path, prompts=2, nano_root=root / "weights")
+    assert summary["model"] == "krea2-nano"
+    rows = summary["stages"]["generate"]["table"]
+    assert [r["setting"].split(" (")[0] for r in rows] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
+                                                           "nano-Turbo preset"]
+    assert all(0.0 <= r["all_correct"] <= 1.0 and "acc_shape" in r for r in rows)
+    assert (tmp_path / "report.html").read_text().count("<img") == 1

@@ -1,8 +1,9 @@
 """`weightshop demo`: the loop on the embedded model, one stage after another, ending in one report.
 
-Stages present today: generate (Raw at its preset vs Turbo at its preset, timed). The embedded model
-is the tiny random-weight Krea 2 until krea2-nano ships; later stages (curate, train, transfer,
-evaluate, quantize, serve) each add a step here and a section to the report.
+Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table
+and timings on krea2-nano). Later stages (curate, train, transfer, evaluate, quantize, serve) each add a
+step here and a section to the report. Without the trained krea2-nano weights (before the first
+`weightshop nano build`), the demo runs the same path on tiny random-weight components and says so.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from weightshop.generate import GenerateRequest, generate
 from weightshop.io import atomic_write_json
-from weightshop.models.loading import load_pair
-from weightshop.models.tiny import TINY, tiny_tokenizer, write_tiny_krea2
+from weightshop.models.loading import ModelPair, load_pair
+from weightshop.models.tiny import tiny_tokenizer, write_tiny_krea2
 from weightshop.report import data_uri, image_grid, table_html, write_html
 
 DEMO_PROMPTS = ("a large red circle on a black background", "a small blue square on a gray background",
@@ -24,8 +25,8 @@ DEMO_SEEDS = (0, 1)
 Progress = Callable[[str, int, int], None]  # (stage label, done, total)
 
 
-def ensure_embedded_models(workdir: Path) -> tuple[Path, Path]:
-    """The demo's model pair, built once into workdir (idempotent)."""
+def ensure_tiny_models(workdir: Path) -> tuple[Path, Path]:
+    """The stand-in pair (random tiny weights), built once into workdir (idempotent)."""
     raw, turbo = workdir / "models" / "tiny-raw", workdir / "models" / "tiny-turbo"
     if not ((raw / "model_index.json").is_file() and (turbo / "model_index.json").is_file()):
         tokenizer = tiny_tokenizer()
@@ -34,11 +35,28 @@ def ensure_embedded_models(workdir: Path) -> tuple[Path, Path]:
     return raw, turbo
 
 
-def run_demo(workdir: str | Path, progress: Progress | None = None) -> dict:
-    workdir = Path(workdir)
-    progress = progress or (lambda *_: None)
-    raw_dir, turbo_dir = ensure_embedded_models(workdir)
-    pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
+def _generate_nano(pair: ModelPair, probe_dir: Path, workdir: Path, progress: Progress,
+                   prompts: int) -> tuple[dict, str]:
+    from weightshop.nano.evaluate import comparison_grid, load_probe, measure
+
+    probe = load_probe(probe_dir)
+    result = measure({"raw": pair.raw, "turbo": pair.turbo}, probe, prompts=prompts, seeds=(0,),
+                     progress=progress)
+    grid = comparison_grid(result["examples"])
+    grid_path = workdir / "generate" / "raw_vs_turbo.png"
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(grid_path)
+    rows = result["rows"]
+    speedup = rows[0]["seconds_per_image"] / rows[2]["seconds_per_image"]
+    summary = {"table": rows, "turbo_speedup": speedup, "grid": str(grid_path)}
+    captions = "".join(f"<li>{c}</li>" for c in result["captions"][:8])
+    body = (table_html(rows) + f"<p>Turbo is {speedup:.1f}x faster per image. Accuracies are the probe's "
+            f"judgement of {rows[0]['n']} prompts (one seed each).</p><img src='{data_uri(grid)}'>"
+            f"<p>First prompts (grid columns):</p><ol>{captions}</ol>")
+    return summary, body
+
+
+def _generate_tiny(pair: ModelPair, workdir: Path, progress: Progress) -> tuple[dict, str]:
     request = GenerateRequest(prompts=list(DEMO_PROMPTS), seeds=list(DEMO_SEEDS), batch_size=4)
     results, rows = {}, []
     for label, model in (("raw", pair.raw), ("turbo", pair.turbo)):
@@ -47,28 +65,42 @@ def run_demo(workdir: str | Path, progress: Progress | None = None) -> dict:
                           on_step=lambda d, t, label=label: progress(f"generate {label}", d, t))
         seconds = time.perf_counter() - start
         results[label] = images
-        rows.append({"checkpoint": label, "steps": model.checkpoint.preset.steps,
+        rows.append({"setting": label, "steps": model.checkpoint.preset.steps,
                      "guidance": model.checkpoint.preset.guidance, "mu": images[0].record["mu"],
                      "images": len(images), "seconds_per_image": seconds / len(images)})
-    grid = image_grid(
-        [[results["raw"][i].image, results["turbo"][i].image] for i in range(len(results["raw"]))],
-        row_labels=[f"p{i // len(DEMO_SEEDS)} s{s}" for i, (_, s) in enumerate(
-            (p, s) for p in DEMO_PROMPTS for s in DEMO_SEEDS)],
-        col_labels=["Raw", "Turbo"], cell=96)
+    grid = image_grid([[results["raw"][i].image, results["turbo"][i].image] for i in range(len(results["raw"]))],
+                      col_labels=["Raw", "Turbo"], cell=96)
     grid_path = workdir / "generate" / "raw_vs_turbo.png"
     grid.save(grid_path)
     speedup = rows[0]["seconds_per_image"] / rows[1]["seconds_per_image"]
-    summary = {
-        "model": "krea2-tiny-random (plumbing only; krea2-nano replaces it)",
-        "stages": {"generate": {"table": rows, "turbo_speedup": speedup, "grid": str(grid_path)}},
-    }
+    summary = {"table": rows, "turbo_speedup": speedup, "grid": str(grid_path)}
+    return summary, table_html(rows) + f"<p>Turbo is {speedup:.1f}x faster per image.</p><img src='{data_uri(grid)}'>"
+
+
+def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int = 24,
+             nano_root: Path | None = None) -> dict:
+    """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root)."""
+    from weightshop.nano import family
+
+    workdir = Path(workdir)
+    progress = progress or (lambda *_: None)
+    start = time.perf_counter()
+    root = Path(nano_root) if nano_root else family.WEIGHTS
+    if family.installed(root):
+        model_name = "krea2-nano"
+        raw_dir, turbo_dir, probe_dir = family.paths(root)
+        pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
+        generate_summary, body = _generate_nano(pair, probe_dir, workdir, progress, prompts)
+    else:
+        model_name = "krea2-tiny-random (plumbing only: run `weightshop nano build` for krea2-nano)"
+        pair = load_pair(*ensure_tiny_models(workdir), dtype="fp32")
+        generate_summary, body = _generate_tiny(pair, workdir, progress)
+    summary = {"model": model_name, "stages": {"generate": generate_summary}}
     report = write_html(workdir / "report.html", "weightshop demo", [
-        ("Model", f"<p>{summary['model']}, image side {TINY.size} px.</p>"),
-        ("Generate: Raw (52 steps, guidance 3.5) vs Turbo (8 steps, no guidance)",
-         table_html(rows) + f"<p>Turbo is {speedup:.1f}x faster per image.</p>"
-         + f"<p>Prompts: {'; '.join(f'p{i}: {p}' for i, p in enumerate(DEMO_PROMPTS))}</p>"
-         + f"<img src='{data_uri(grid)}'>"),
+        ("Model", f"<p>{model_name}</p>"),
+        ("Generate: Raw (52 steps, guidance 3.5) vs Turbo (8 steps, no guidance)", body),
     ])
+    summary["seconds"] = time.perf_counter() - start
     summary["report"] = str(report)
     atomic_write_json(workdir / "report.json", summary)
     return summary

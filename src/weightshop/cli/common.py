@@ -60,16 +60,40 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
+def _metrics(metrics: dict | None) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in (metrics or {}).items() if isinstance(v, (int, float)))
+
+
 @contextmanager
-def step_progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar driven by (label, done, total) callbacks; one task per label."""
+def step_progress(description: str, every_s: float = 30.0) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar driven by (label, done, total) callbacks; one task per label.
+
+    When stderr is not a terminal (a log file, CI), a plain line per label every `every_s` seconds and at
+    completion replaces the live bar, so long runs stay observable in their logs.
+    """
+    if not console.is_terminal:
+        import time
+
+        last: dict[str, float] = {}
+        start = time.monotonic()
+
+        def log(label: str, done: int, total: int, metrics: dict | None = None) -> None:
+            now = time.monotonic()
+            if done >= total or now - last.get(label, 0.0) >= every_s:
+                last[label] = now
+                line = f"[{now - start:7.0f}s] {description} {label}: {done}/{total} {_metrics(metrics)}"
+                console.print(" ".join(line.split()), highlight=False, soft_wrap=True)
+
+        yield log
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
 
-        def update(label: str, done: int, total: int) -> None:
+        def update(label: str, done: int, total: int, metrics: dict | None = None) -> None:
+            text = " ".join(f"{description} {label} {_metrics(metrics)}".split())
             if label not in tasks:
-                tasks[label] = progress.add_task(f"{description} {label}".strip(), total=total)
-            progress.update(tasks[label], completed=done, total=total)
+                tasks[label] = progress.add_task(text, total=total)
+            progress.update(tasks[label], completed=done, total=total, description=text)
 
         yield update

@@ -21,9 +21,12 @@ def demo(
     emit(summary, as_json)
     table = Table(title=f"generate on {summary['model']}")
     rows = summary["stages"]["generate"]["table"]
-    for col in rows[0]:
-        table.add_column(col)
+    columns = [c for c in rows[0] if c not in ("threads", "n")]
+    for col in columns:
+        table.add_column(col.removeprefix("acc_"))
     for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(f"{row.get(c):.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns))
     console.print(table)
+    console.print(f"Turbo is {summary['stages']['generate']['turbo_speedup']:.1f}x faster per image than Raw; "
+                  f"demo took {summary['seconds']:.0f} s")
     console.print(f"report: [bold]{summary['report']}[/]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from weightshop import __version__
-from weightshop.cli import demo, doctor, generate, info, nano
+from weightshop.cli import data, demo, doctor, generate, info, nano
 
 app = typer.Typer(
     name="weightshop",
@@ -19,6 +19,7 @@ app.command("info")(info.info)
 app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
 app.add_typer(nano.app, name="nano")
+app.add_typer(data.app, name="data")
 
 
 @app.command("version")

@@ -22,7 +22,7 @@ def build(
     smoke: bool = typer.Option(False, help="Every stage for a few steps at toy sizes (a check, not a model)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train krea2-nano from scratch: world -> VAE -> text encoder -> Raw -> Turbo -> probe -> package -> card.
+    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
 
     Resumable: finished stages are skipped, an interrupted stage continues from its last save.
     """
@@ -35,7 +35,7 @@ def build(
         raise WeightshopError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
     with step_progress("") as progress:
         record = run_build(workdir, out, stages, smoke=smoke, hours=hours,
-                           progress=lambda label, d, t, m: progress(label, d, t))
+                           progress=lambda label, d, t, m: progress(label, d, t, m))
     emit(record, as_json)
     if not as_json:
         table = Table(title=f"nano build in {workdir}")

@@ -1,6 +1,6 @@
 """`weightshop nano build`: the recipe that reproduces krea2-nano, stage by stage, resumable.
 
-world -> vae -> text -> raw -> turbo -> probe -> package -> card
+world -> vae -> text -> probe -> raw -> turbo -> package -> card
 
 Every stage writes its result under workdir/final/ and records itself in workdir/build.json; a finished
 stage is skipped on the next run, an unfinished one resumes from its own state file (saved every few
@@ -27,8 +27,11 @@ from weightshop.nano.probe import ProbeRecipe, clean_accuracy, train_probe
 from weightshop.nano.text import TextRecipe, build_tokenizer, train_text_encoder
 from weightshop.nano.vae import VaeRecipe, latent_stats, psnr, render_batch, train_vae
 
-STAGES = ("world", "vae", "text", "raw", "turbo", "probe", "package", "card")
+STAGES = ("world", "vae", "text", "probe", "raw", "turbo", "package", "card")
 Progress = Callable[[str, int, int, dict], None]
+# Which part of the recipe each stage's result depends on.
+STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "turbo": "distill",
+                "card": "eval_prompts"}
 
 
 @dataclass(frozen=True)
@@ -62,22 +65,35 @@ def smoke_recipe() -> NanoRecipe:
 
 class Build:
     def __init__(self, workdir: Path, out: Path = family.WEIGHTS, recipe: NanoRecipe | None = None,
-                 progress: Progress | None = None, deadline: float | None = None):
+                 progress: Progress | None = None, deadline: float | None = None, compile: bool = False):
         self.workdir = Path(workdir)
         self.final = self.workdir / "final"
         self.out = Path(out)
         self.recipe = recipe or NanoRecipe()
         self.progress = progress or (lambda *_: None)
         self.deadline = deadline
+        self.compile = compile
         self.final.mkdir(parents=True, exist_ok=True)
         self.record_path = self.workdir / "build.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {"stages": {}}
-        recipe_json = json.loads(json.dumps(asdict(self.recipe)))
-        if self.record.get("recipe") not in (None, recipe_json):
-            from weightshop.errors import WeightshopError
+        self.record.setdefault("started", {})
+        self.record["recipe"] = json.loads(json.dumps(asdict(self.recipe)))
+        for stage, part in self.record["started"].items():
+            if part != self.stage_recipe(stage):
+                from weightshop.errors import WeightshopError
 
-            raise WeightshopError(f"{self.workdir} holds a build made with another recipe: use a fresh --workdir")
-        self.record["recipe"] = recipe_json
+                raise WeightshopError(
+                    f"{self.workdir}: stage {stage!r} was started with another recipe ({part} vs "
+                    f"{self.stage_recipe(stage)}); use a fresh --workdir or delete its state to redo it"
+                )
+
+    def stage_recipe(self, stage: str) -> dict | None:
+        """The part of the recipe a stage's result depends on (compared when resuming)."""
+        key = STAGE_RECIPE.get(stage)
+        if key is None:
+            return None
+        value = getattr(self.recipe, key)
+        return json.loads(json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else value))
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def done(self, stage: str) -> bool:
@@ -96,6 +112,8 @@ class Build:
                 continue
             if self.out_of_time():
                 break
+            self.record["started"][stage] = self.stage_recipe(stage)
+            atomic_write_json(self.record_path, self.record)
             result = getattr(self, f"stage_{stage}")()
             if result is None:  # stopped at the deadline; the next run resumes
                 break
@@ -116,8 +134,7 @@ class Build:
 
     def stage_vae(self) -> dict | None:
         r = self.recipe.vae
-        vae, info = train_vae(self.workdir, r, deadline=self.deadline,
-                              progress=lambda d, t, m: self.progress("vae", d, t, m))
+        vae, info = train_vae(self.workdir, r, deadline=self.deadline, progress=self.progress)
         if info["step"] < r.steps:
             return None
         mean, std = latent_stats(vae, size=self.recipe.size)
@@ -130,8 +147,7 @@ class Build:
         r = self.recipe.text
         tokenizer = build_tokenizer(r)
         tokenizer.save_pretrained(self.final / "tokenizer")
-        encoder, info = train_text_encoder(self.workdir, tokenizer, r,
-                                           progress=lambda d, t, m: self.progress("text", d, t, m))
+        encoder, info = train_text_encoder(self.workdir, tokenizer, r, progress=self.progress)
         encoder.save_pretrained(self.final / "text_encoder")
         return {"steps": info["step"], "final_lm_loss": info["history"][-1]["loss"] if info["history"] else None,
                 "vocab": len(tokenizer)}
@@ -143,7 +159,10 @@ class Build:
 
         from weightshop.models.loading import SharedComponents
 
+        from weightshop.models.qwen_vae import use_single_frame_convs
+
         vae = AutoencoderKLQwenImage.from_pretrained(self.final / "vae").eval()
+        use_single_frame_convs(vae)
         encoder = Qwen3VLModel.from_pretrained(self.final / "text_encoder").eval()
         tokenizer = AutoTokenizer.from_pretrained(self.final / "tokenizer")
         return SharedComponents(vae, encoder, tokenizer, self.recipe.text.select_layers, self.final)
@@ -164,7 +183,7 @@ class Build:
         r = self.recipe.transformer
         pipe = self._pipeline(self._fresh_transformer())
         ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, deadline=self.deadline,
-                              progress=self.progress)
+                              progress=self.progress, compile=self.compile)
         if info["step"] < r.steps:
             return None
         ema.save_pretrained(self.final / "raw_transformer")
@@ -186,7 +205,7 @@ class Build:
         scale = pipe.vae_scale_factor
         shape = (pipe.vae.config.z_dim, self.recipe.size // scale, self.recipe.size // scale)
         ema, info = distill_turbo(self.workdir, pipe, teacher, self.recipe.text.max_sequence_length, self._scenes(),
-                                  shape, r, deadline=self.deadline, progress=self.progress)
+                                  shape, r, deadline=self.deadline, progress=self.progress, compile=self.compile)
         if info["trajectory"] < r.trajectories:
             return None
         ema.save_pretrained(self.final / "turbo_transformer")
@@ -196,7 +215,7 @@ class Build:
     def stage_probe(self) -> dict:
         r = self.recipe.probe
         vae = self.components().vae
-        probe, info = train_probe(self.workdir, r, vae=vae, progress=lambda d, t, m: self.progress("probe", d, t, m))
+        probe, info = train_probe(self.workdir, r, vae=vae, progress=self.progress)
         from safetensors.torch import save_file
 
         (self.final / "probe").mkdir(exist_ok=True)
@@ -242,6 +261,7 @@ def run_build(workdir: str | Path, out: str | Path | None = None, stages: tuple[
               smoke: bool = False, hours: float | None = None, progress: Progress | None = None) -> dict:
     recipe = smoke_recipe() if smoke else NanoRecipe()
     deadline = time.time() + hours * 3600 if hours else None
-    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline)
+    # torch.compile pays off over hours of training, never in a few smoke steps.
+    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline, compile=not smoke)
     return build.run(stages)
 

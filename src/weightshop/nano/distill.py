@@ -3,8 +3,7 @@
 Method: trajectory distillation on Turbo's own grid. The student (initialised from Raw, as Krea's Turbo
 is) takes one Euler step per interval of the 8-step schedule at mu = 1.15 (exactly what the pipeline
 samples with `is_distilled`). Its target for each interval is where the teacher lands: nano-Raw with
-guidance 3.5, integrating the same interval with several Euler sub-steps (8 x 6 = 48 teacher steps, close
-to Raw's 52). The regression target is the average velocity over the interval,
+guidance 3.5, integrating the same interval with several Euler sub-steps (8 x 6 = 48 teacher steps, . The regression target is the average velocity over the interval,
 v* = (x_teacher(s_next) - x(s)) / (s_next - s), so the student absorbs both the step count and the
 guidance (which mattered more than steps in the feasibility runs).
 
@@ -36,10 +35,10 @@ from weightshop.nano.state import load_state, save_state
 @dataclass(frozen=True)
 class DistillRecipe:
     student_steps: int = 8
-    substeps: int = 6
+    substeps: int = 4  # teacher Euler steps per student interval: 32 guided steps per trajectory
     guidance: float = 3.5
-    batch: int = 32
-    trajectories: int = 1500  # teacher trajectories; each gives `student_steps` student updates
+    batch: int = 16
+    trajectories: int = 600  # teacher trajectories; each gives `student_steps` student updates
     lr: float = 1e-4
     ema_decay: float = 0.995
     own_state_fraction: float = 0.5
@@ -65,7 +64,8 @@ def teacher_segment(teacher, x, s0: float, s1: float, substeps: int, guidance: f
 
 def distill_turbo(workdir: Path, pipe, teacher, max_sequence_length: int, scenes: list, latent_shape: tuple,
                   recipe: DistillRecipe = DistillRecipe(), max_trajectories: int | None = None,
-                  deadline: float | None = None, progress: Callable[[str, int, int, dict], None] | None = None):
+                  deadline: float | None = None, progress: Callable[[str, int, int, dict], None] | None = None,
+                  compile: bool = False):
     """Distil (or resume distilling) `teacher` into a student; `pipe` provides encoding and packing.
 
     latent_shape: (C, h, w) of one image's latents. Returns the EMA student and the run info.
@@ -76,6 +76,7 @@ def distill_turbo(workdir: Path, pipe, teacher, max_sequence_length: int, scenes
     ema = copy.deepcopy(teacher).eval().requires_grad_(False)
     cond = Conditioner(pipe, max_sequence_length)
     opt = torch.optim.AdamW(student.parameters(), lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    student_fwd, teacher_fwd = (torch.compile(student), torch.compile(teacher)) if compile else (student, teacher)
     state_path = workdir / "turbo_state"
     info = load_state(state_path, {"student": student, "ema": ema}, opt) or {"trajectory": 0, "history": []}
     target = min(recipe.trajectories, max_trajectories) if max_trajectories else recipe.trajectories
@@ -98,9 +99,9 @@ def distill_turbo(workdir: Path, pipe, teacher, max_sequence_length: int, scenes
         for i in range(recipe.student_steps):
             s0, s1 = float(sigmas[i]), float(sigmas[i + 1])
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                x_next = teacher_segment(teacher, x, s0, s1, recipe.substeps, recipe.guidance, embeds, mask,
+                x_next = teacher_segment(teacher_fwd, x, s0, s1, recipe.substeps, recipe.guidance, embeds, mask,
                                          uncond_embeds, uncond_mask, ids)
-                v = student(x, embeds, torch.full((recipe.batch,), s0), ids, mask, return_dict=False)[0]
+                v = student_fwd(x, embeds, torch.full((recipe.batch,), s0), ids, mask, return_dict=False)[0]
             loss = F.mse_loss(v.float(), (x_next - x) / (s1 - s0))
             opt.zero_grad(set_to_none=True)
             loss.backward()

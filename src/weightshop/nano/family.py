@@ -25,6 +25,11 @@ MANIFEST = WEIGHTS / "manifest.json"
 NAMES = {"krea2-nano": RAW_DIR, "krea2-nano-raw": RAW_DIR, "krea2-nano-turbo": TURBO_DIR}
 
 
+def paths(root: Path = WEIGHTS) -> tuple[Path, Path, Path]:
+    """(raw dir, turbo dir, probe dir) of a packaged family."""
+    return root / RAW_DIR.name, root / TURBO_DIR.name, root / PROBE_DIR.name
+
+
 def installed(root: Path = WEIGHTS) -> bool:
     return (root / "manifest.json").is_file()
 

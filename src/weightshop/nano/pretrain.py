@@ -9,8 +9,6 @@ Held-out concepts (stars, stripes) never appear in these images or captions.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from weightshop.models.schedule import noisy_sample, sample_timesteps, velocity_target
 from weightshop.nano import world
-from weightshop.nano.state import load_state, save_state
+from weightshop.nano.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class TransformerRecipe:
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 500
-    steps: int = 40000
+    steps: int = 9000  # ~580k samples: sized for about 2.5 CPU hours with torch.compile
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     seed: int = 0
@@ -160,10 +158,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: TransformerRecipe = TransformerRecipe(),
               max_steps: int | None = None, deadline: float | None = None,
-              progress: Callable[[str, int, int, dict], None] | None = None):
+              progress: Callable[[str, int, int, dict], None] | None = None, compile: bool = False):
     """Pretrain (or resume) nano-Raw; `pipe` holds the trained VAE, text encoder and a fresh transformer.
 
-    Returns the EMA transformer and the run info.
+    `compile` runs the training forward through torch.compile: on CPU the step is dominated by small
+    elementwise ops (norms, rotary, modulation) that inductor fuses, about 2.5x faster after a
+    two-minute compile. Returns the EMA transformer and the run info.
     """
     import copy
 
@@ -174,18 +174,9 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
     scenes, latents = latent_dataset(workdir, pipe.vae, recipe.dataset_scenes, recipe.seed,
                                      (lambda d, t: progress("encode", d, t, {})) if progress else None)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    state_path = workdir / "raw_state"
-    info = load_state(state_path, {"model": model, "ema": ema}, opt) or {"step": 0, "history": []}
-    target = min(recipe.steps, max_steps) if max_steps else recipe.steps
-    last_save, smooth = time.monotonic(), None
-    while info["step"] < target:
-        step = info["step"]
-        decay_start = int(0.8 * recipe.steps)
-        scale = min(1.0, (step + 1) / recipe.warmup)
-        if step > decay_start:
-            scale *= 0.5 * (1 + math.cos(math.pi * (step - decay_start) / (recipe.steps - decay_start)))
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * scale
+    forward = torch.compile(model) if compile else model
+
+    def step_loss(step: int):
         # Everything random in step k derives from (seed, k): a resumed run repeats an uninterrupted one exactly.
         rng = np.random.default_rng([recipe.seed, step, 5])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -197,23 +188,10 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
         s = sample_timesteps(recipe.batch, "logit_normal", generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = flow_loss(model, cond, x0, embeds, mask, s, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, model, recipe.ema_decay if step > recipe.warmup else 0.0)
-        info["step"] = step + 1
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        if info["step"] % 100 == 0:
-            info["history"].append({"step": info["step"], "loss": smooth, "time": time.time()})
-        if progress:
-            progress("raw", info["step"], target, {"loss": smooth})
-        now = time.monotonic()
-        stop = deadline is not None and time.time() > deadline
-        if now - last_save > recipe.save_every_s or info["step"] == target or stop:
-            save_state(state_path, {"model": model, "ema": ema}, opt, info)
-            last_save = now
-        if stop:
-            break
+            return flow_loss(forward, cond, x0, embeds, mask, s, noise), {}
+
+    info = run_loop("raw", workdir / "raw_state", {"model": model, "ema": ema}, opt, recipe.steps, recipe.lr,
+                    lambda step: warmup_cosine(step, recipe.steps, recipe.warmup, decay_from=0.8), step_loss,
+                    max_steps=max_steps, deadline=deadline, progress=progress, save_every_s=recipe.save_every_s,
+                    after_step=lambda step: ema_update(ema, model, recipe.ema_decay if step > recipe.warmup else 0.0))
     return ema, info

@@ -12,8 +12,6 @@ same picture, so only the canonical reading can be predicted from pixels.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from weightshop.nano import world
-from weightshop.nano.state import load_state, save_state
+from weightshop.nano.state import run_loop, warmup_cosine
 
 ATTRIBUTES = tuple(world.ATTRIBUTE_VALUES)
 _FLIP = {"right of": "left of", "below": "above"}
@@ -91,7 +89,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, vae=None) -> torch.Tensor:
     b = x.shape[0]
     if vae is not None:
         with torch.no_grad():
-            k = b // 3
+            k = b // 4
             x = x.clone()
             x[:k] = vae.decode(vae.encode(x[:k].unsqueeze(2)).latent_dist.mode()).sample[:, :, 0].clamp(-1, 1)
     blur = torch.rand(b, generator=gen) < 0.3
@@ -109,7 +107,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, vae=None) -> torch.Tensor:
 class ProbeRecipe:
     width: int = 32
     batch: int = 128
-    steps: int = 3000
+    steps: int = 1200
     lr: float = 2e-3
     heldout_fraction: float = 0.3
     seed: int = 0
@@ -117,37 +115,24 @@ class ProbeRecipe:
 
 
 def train_probe(workdir: Path, recipe: ProbeRecipe = ProbeRecipe(), vae=None, max_steps: int | None = None,
-                progress: Callable[[int, int, dict], None] | None = None) -> tuple[Probe, dict]:
+                progress: Callable[[str, int, int, dict], None] | None = None) -> tuple[Probe, dict]:
     torch.manual_seed(recipe.seed)
     probe = Probe(recipe.width)
     opt = torch.optim.AdamW(probe.parameters(), lr=recipe.lr, weight_decay=0.01)
-    state_path = workdir / "probe_state"
-    info = load_state(state_path, {"probe": probe}, opt) or {"step": 0, "history": []}
-    target = min(recipe.steps, max_steps) if max_steps else recipe.steps
-    last_save = time.monotonic()
-    probe.train()
-    while info["step"] < target:
-        step = info["step"]
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+
+    def step_loss(step: int):
         rng = np.random.default_rng([recipe.seed, step, 13])  # per-step data: exact resume
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         scenes = sample_scenes(rng, recipe.batch, recipe.heldout_fraction)
         x = augment(to_tensor([world.render(s) for s in scenes]), gen, vae)
         y = label_tensor(scenes)
         logits = probe(x)
-        loss = sum(F.cross_entropy(logits[k], y[k]) for k in ATTRIBUTES)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        info["step"] = step + 1
-        if info["step"] % 50 == 0:
-            info["history"].append({"step": info["step"], "loss": loss.item()})
-        if progress:
-            progress(info["step"], target, {"loss": loss.item()})
-        if time.monotonic() - last_save > recipe.save_every_s or info["step"] == target:
-            save_state(state_path, {"probe": probe}, opt, info)
-            last_save = time.monotonic()
+        return sum(F.cross_entropy(logits[k], y[k]) for k in ATTRIBUTES), {}
+
+    probe.train()
+    info = run_loop("probe", workdir / "probe_state", {"probe": probe}, opt, recipe.steps, recipe.lr,
+                    lambda step: warmup_cosine(step, recipe.steps, 100), step_loss, max_steps=max_steps,
+                    progress=progress, clip=None, save_every_s=recipe.save_every_s)
     return probe.eval(), info
 
 

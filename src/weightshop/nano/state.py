@@ -88,3 +88,57 @@ def load_state(path: str | Path, modules: dict[str, torch.nn.Module],
         _unflatten_optimizer(optimizer, tensors, meta["optimizer"])
     set_rng_state(meta["rng"])
     return meta["info"]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, decay_from: float = 0.0) -> float:
+    """LR multiplier: linear warmup, then flat until decay_from * total, then cosine to zero at total."""
+    import math
+
+    scale = min(1.0, (step + 1) / max(1, warmup))
+    start = int(decay_from * total)
+    if step > start:
+        scale *= 0.5 * (1 + math.cos(math.pi * (step - start) / max(1, total - start)))
+    return scale
+
+
+def run_loop(label: str, state_path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+             total: int, base_lr: float, lr_scale, step_loss, *, max_steps: int | None = None,
+             deadline: float | None = None, progress=None, after_step=None, clip: float | None = 1.0,
+             save_every_s: float = 120.0) -> dict:
+    """The resumable training loop every nano stage shares.
+
+    step_loss(step) -> (loss, metrics) computes one step's loss from randomness derived from step alone;
+    lr_scale(step) -> multiplier; after_step(step) runs after the optimiser (EMA updates). State is saved
+    every save_every_s, at the target step and at the deadline. Returns the info dict (step, history).
+    """
+    import time
+
+    info = load_state(state_path, modules, optimizer) or {"step": 0, "history": []}
+    target = min(total, max_steps) if max_steps else total
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    last_save, smooth = time.monotonic(), None
+    while info["step"] < target:
+        step = info["step"]
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * lr_scale(step)
+        loss, metrics = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        if after_step:
+            after_step(step)
+        info["step"] = step + 1
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if info["step"] % 50 == 0:
+            info["history"].append({"step": info["step"], "loss": smooth, "time": time.time(), **metrics})
+        if progress:
+            progress(label, info["step"], target, {"loss": smooth, **metrics})
+        stop = deadline is not None and time.time() > deadline
+        if time.monotonic() - last_save > save_every_s or info["step"] == target or stop:
+            save_state(state_path, modules, optimizer, info)
+            last_save = time.monotonic()
+        if stop:
+            break
+    return info

@@ -9,8 +9,6 @@ never sees them, which is what a LoRA then has to teach.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch.nn.functional as F
 
 from weightshop.models.tokenizer import PROMPT_PREFIX, PROMPT_SUFFIX, train_krea2_tokenizer
 from weightshop.nano import world
-from weightshop.nano.state import load_state, save_state
+from weightshop.nano.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -85,33 +83,19 @@ def lm_loss(encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def train_text_encoder(workdir: Path, tokenizer, recipe: TextRecipe = TextRecipe(), max_steps: int | None = None,
-                       progress: Callable[[int, int, dict], None] | None = None):
+                       progress: Callable[[str, int, int, dict], None] | None = None):
     torch.manual_seed(recipe.seed)
     encoder = build_text_encoder(len(tokenizer), recipe)
     opt = torch.optim.AdamW(encoder.parameters(), lr=recipe.lr, weight_decay=0.01)
-    state_path = workdir / "text_state"
-    info = load_state(state_path, {"text_encoder": encoder}, opt) or {"step": 0, "history": []}
     corpus = caption_corpus(recipe.corpus_scenes, recipe.seed + 1)
-    target = min(recipe.steps, max_steps) if max_steps else recipe.steps
-    last_save = time.monotonic()
-    encoder.train()
-    while info["step"] < target:
-        step = info["step"]
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+
+    def step_loss(step: int):
         rng = np.random.default_rng([recipe.seed, step])  # per-step data: exact resume
         texts = [PROMPT_PREFIX + corpus[i] + PROMPT_SUFFIX for i in rng.integers(len(corpus), size=recipe.batch)]
-        loss = lm_loss(encoder, tokenizer, texts)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
-        opt.step()
-        info["step"] = step + 1
-        if info["step"] % 50 == 0:
-            info["history"].append({"step": info["step"], "loss": loss.item()})
-        if progress:
-            progress(info["step"], target, {"loss": loss.item()})
-        if time.monotonic() - last_save > recipe.save_every_s or info["step"] == target:
-            save_state(state_path, {"text_encoder": encoder}, opt, info)
-            last_save = time.monotonic()
+        return lm_loss(encoder, tokenizer, texts), {}
+
+    encoder.train()
+    info = run_loop("text", workdir / "text_state", {"text_encoder": encoder}, opt, recipe.steps, recipe.lr,
+                    lambda step: warmup_cosine(step, recipe.steps, 50), step_loss, max_steps=max_steps,
+                    progress=progress, save_every_s=recipe.save_every_s)
     return encoder.eval(), info

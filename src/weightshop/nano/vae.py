@@ -11,18 +11,16 @@ everything: only the transformer's pretraining keeps them out.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from weightshop.models.qwen_vae import use_single_frame_convs
 from weightshop.nano import world
-from weightshop.nano.state import load_state, save_state
+from weightshop.nano.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -91,44 +89,24 @@ def psnr(vae, x: torch.Tensor) -> float:
 
 
 def train_vae(workdir: Path, recipe: VaeRecipe = VaeRecipe(), max_steps: int | None = None,
-              progress: Callable[[int, int, dict], None] | None = None,
-              deadline: float | None = None):
+              progress: Callable[[str, int, int, dict], None] | None = None, deadline: float | None = None):
     """Train (or resume) the VAE in workdir; returns (vae, info). Stops at recipe.steps, max_steps or deadline."""
     torch.manual_seed(recipe.seed)
     vae = build_vae(recipe)
     use_single_frame_convs(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
-    state_path = workdir / "vae_state"
-    info = load_state(state_path, {"vae": vae}, opt) or {"step": 0, "history": []}
-    target = min(recipe.steps, max_steps) if max_steps else recipe.steps
-    last_save = time.monotonic()
-    vae.train()
-    while info["step"] < target:
-        step = info["step"]
-        lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def step_loss(step: int):
         # Data of step k depends on (seed, k) alone, so a resumed run sees exactly what an uninterrupted one would.
         x = render_batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.size, recipe.heldout_fraction)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, parts = vae_loss(vae, x, recipe.kl_weight, recipe.edge_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        info["step"] = step + 1
-        if info["step"] % 50 == 0:
-            info["history"].append({"step": info["step"], "loss": loss.item(), **parts})
-        if progress:
-            progress(info["step"], target, {"loss": loss.item(), **parts})
-        now = time.monotonic()
-        if now - last_save > recipe.save_every_s or info["step"] == target or (deadline and now > deadline):
-            save_state(state_path, {"vae": vae}, opt, info)
-            last_save = now
-            if deadline and now > deadline:
-                break
-    vae.eval()
-    return vae, info
+            return vae_loss(vae, x, recipe.kl_weight, recipe.edge_weight)
+
+    vae.train()
+    info = run_loop("vae", workdir / "vae_state", {"vae": vae}, opt, recipe.steps, recipe.lr,
+                    lambda step: warmup_cosine(step, recipe.steps, recipe.warmup), step_loss,
+                    max_steps=max_steps, deadline=deadline, progress=progress, save_every_s=recipe.save_every_s)
+    return vae.eval(), info
 
 
 def latent_stats(vae, n: int = 512, size: int = 64, seed: int = 1) -> tuple[list[float], list[float]]:

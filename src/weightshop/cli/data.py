@@ -1,0 +1,120 @@
+"""`weightshop data ...`: check a folder of images into a manifest, and edit its captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
+
+app = typer.Typer(help="Curate a training set: verdicts, fixes, duplicates, watermarks, captions, buckets.",
+                  no_args_is_help=True)
+
+VERDICT_STYLE = {"ok": "green", "fixed": "cyan", "warning": "yellow", "rejected": "red"}
+
+
+def model_limits(model: str | None) -> dict:
+    """Bucket multiple, default area, caption token budget and tokenizer of the model the set is for.
+
+    Without a model: Krea 2's (multiple 16, 1024 x 1024, 507 caption tokens, words counted approximately).
+    """
+    from weightshop.data import KREA2_CAPTION_TOKENS
+
+    if model is None:
+        return {"multiple": 16, "area": 1024 * 1024, "max_tokens": KREA2_CAPTION_TOKENS, "tokenizer": None}
+    from transformers import AutoTokenizer
+
+    from weightshop.models.info import describe
+    from weightshop.models.tokenizer import SUFFIX_TOKENS
+
+    info = describe(model)
+    side = info["default_size"]
+    max_len = int(info["manifest"].get("max_sequence_length", 512))
+    return {"multiple": info["size_multiple"], "area": side * side, "max_tokens": max_len - SUFFIX_TOKENS,
+            "tokenizer": AutoTokenizer.from_pretrained(Path(info["components"]) / "tokenizer")}
+
+
+def _print_summary(manifest: dict, out: Path, report: Path) -> None:
+    from weightshop.data import summary_rows
+
+    table = Table(title=f"{len(manifest['items'])} images: " + ", ".join(
+        f"[{VERDICT_STYLE[k]}]{v} {k}[/]" for k, v in manifest["counts"].items()))
+    rows = summary_rows(manifest)
+    for col in ("file", "verdict", "size", "bucket", "tokens", "notes"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        style = VERDICT_STYLE.get(row["verdict"], "")
+        table.add_row(*(str(row[c]) for c in ("file", "verdict", "size", "bucket", "tokens")),
+                      str(row["notes"]), style=style)
+    console.print(table)
+    console.print(f"manifest: [bold]{out / 'dataset.json'}[/]  report: [bold]{report}[/]")
+
+
+@app.command("check")
+@guarded
+def check(
+    source: Path = typer.Argument(..., help="Folder of images (+ name.txt captions), or metadata.jsonl / .csv."),
+    out: Path = typer.Option(Path("weightshop-out/data"), "--out", "-o", help="Where dataset.json and report.html go."),
+    model: str = typer.Option(None, "--model", "-m", help="Model the set is for: sets bucket multiple, area, tokenizer."),
+    resolution: int = typer.Option(None, help="Target side: buckets hold about resolution^2 pixels."),
+    trigger: str = typer.Option(None, help="Trigger phrase every caption must contain."),
+    near_threshold: int = typer.Option(6, help="Perceptual-hash distance (of 64 bits) that counts as a near duplicate."),
+    max_aspect: float = typer.Option(4.0, help="Aspect ratios beyond this get a warning."),
+    upscale: bool = typer.Option(False, help="Allow upscaling small images into their bucket."),
+    ocr: bool = typer.Option(True, help="Look for text / watermarks with OCR (rapidocr)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Check a folder: a verdict per image (ok / fixed / warning / rejected) with reasons, a manifest, a report.
+
+    The source folder is never modified.
+    """
+    from weightshop.data import check_dataset, write_manifest, write_report
+
+    limits = model_limits(model)
+    area = resolution * resolution if resolution else limits["area"]
+    with step_progress("check") as progress:
+        manifest = check_dataset(source, target_area=area, multiple=limits["multiple"], trigger=trigger,
+                                 tokenizer=limits["tokenizer"], max_caption_tokens=limits["max_tokens"],
+                                 near_duplicate_threshold=near_threshold, ocr=ocr, max_aspect=max_aspect,
+                                 upscale=upscale, progress=lambda d, t, f: progress("images", d, t))
+    if model:
+        manifest["model"] = model
+    write_manifest(manifest, out / "dataset.json")
+    report = write_report(manifest, source, out)
+    emit({"manifest": str(out / "dataset.json"), "report": str(report), "counts": manifest["counts"],
+          "duplicates": manifest["duplicates"], "buckets": manifest["buckets"]}, as_json)
+    if not as_json:
+        _print_summary(manifest, out, report)
+
+
+@app.command("caption")
+@guarded
+def caption(
+    manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="dataset.json written by `data check`."),
+    trigger: str = typer.Option(None, help="Insert this trigger phrase (once) into every caption."),
+    mode: str = typer.Option("prefix", help="Where the trigger goes: prefix, suffix or template."),
+    template: str = typer.Option(None, help="Caption template, e.g. '{trigger}, {caption}'."),
+    replace: list[str] = typer.Option(None, "--replace", help="OLD=NEW find-and-replace (repeatable)."),
+    regex: bool = typer.Option(False, help="Treat --replace patterns as regular expressions."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Edit the captions in a manifest (never the source files); verdicts are refreshed."""
+    from weightshop.data import apply_caption_edits, read_manifest, write_manifest
+    from weightshop.errors import WeightshopError
+
+    manifest = read_manifest(manifest_path)
+    limits = model_limits(manifest.get("model"))
+    pairs = []
+    for text in replace or []:
+        if "=" not in text:
+            raise WeightshopError(f"--replace {text!r}: expected OLD=NEW")
+        old, new = text.split("=", 1)
+        pairs.append((old, new))
+    apply_caption_edits(manifest, trigger=trigger, trigger_mode=mode, template=template, replace=pairs or None,
+                        regex=regex, tokenizer=limits["tokenizer"], max_caption_tokens=limits["max_tokens"])
+    write_manifest(manifest, manifest_path)
+    emit({"manifest": str(manifest_path), "counts": manifest["counts"]}, as_json)
+    if not as_json:
+        console.print(f"updated {manifest_path}: {manifest['counts']}")

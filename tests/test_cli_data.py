@@ -1,0 +1,64 @@
+"""`weightshop data check / caption` from the command line."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from weightshop.cli.main import app
+
+runner = CliRunner()
+
+
+def _folder(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(src / f"img{i}.png")
+        (src / f"img{i}.txt").write_text(f"a photo of thing number {i}")
+    (src / "broken.png").write_bytes(b"not really a png")
+    return src
+
+
+def test_data_check_writes_manifest_and_report(tmp_path):
+    src = _folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    result = runner.invoke(app, ["data", "check", str(src), "-o", str(tmp_path / "out"), "--no-ocr",
+                                 "--resolution", "64", "--json"])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["counts"]["rejected"] == 1 and out["counts"]["ok"] + out["counts"]["warning"] == 3
+    manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert {i["file"] for i in manifest["items"] if i["verdict"] == "rejected"} == {"broken.png"}
+    assert all(b[0] % 16 == 0 and b[1] % 16 == 0 for b in (i["bucket"] for i in manifest["items"]) if b)
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the source is never modified
+
+
+def test_data_check_takes_limits_from_the_model(tmp_path, tiny_dirs):
+    src = _folder(tmp_path)
+    result = runner.invoke(app, ["data", "check", str(src), "-o", str(tmp_path / "out"), "--no-ocr",
+                                 "-m", str(tiny_dirs[0]), "--json"])
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert manifest["target"] == {**manifest["target"], "multiple": 8, "area": 32 * 32}
+    counted = [i["caption_tokens"] for i in manifest["items"] if i["verdict"] != "rejected"]
+    assert all(isinstance(c, int) and c > 0 for c in counted)
+
+
+def test_data_caption_inserts_a_trigger_once(tmp_path):
+    src = _folder(tmp_path)
+    runner.invoke(app, ["data", "check", str(src), "-o", str(tmp_path / "out"), "--no-ocr", "--resolution", "64"])
+    path = tmp_path / "out" / "dataset.json"
+    for _ in range(2):
+        result = runner.invoke(app, ["data", "caption", str(path), "--trigger", "zxq style", "--replace",
+                                     "thing=object", "--json"])
+        assert result.exit_code == 0, result.stderr
+    items = [i for i in json.loads(path.read_text())["items"] if i["verdict"] != "rejected"]
+    assert all(i["caption"].startswith("zxq style") and i["caption"].count("zxq style") == 1 for i in items)
+    assert all("object" in i["caption"] and "thing" not in i["caption"] for i in items)
+    bad = runner.invoke(app, ["data", "caption", str(path), "--replace", "no-equals-sign"])
+    assert bad.exit_code == 2 and "expected OLD=NEW" in bad.stderr
