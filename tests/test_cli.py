@@ -83,5 +83,10 @@ def test_demo_json(tmp_path):
     summary = json.loads(result.stdout)
     rows = summary["stages"]["generate"]["table"]
     assert len(rows) >= 2 and rows[0]["seconds_per_image"] > 0
+    curate = summary["stages"]["curate"]
+    assert curate["planted_faults_caught"] == {"corrupt": True, "duplicate": True, "watermark": True,
+                                               "missing_caption": True}
+    assert curate["auto_captioned"] == 1 and curate["cache_second_run_encoded"] == 0
+    assert (tmp_path / "curate" / "report.html").is_file() and (tmp_path / "curate" / "dataset.json").is_file()
     assert summary["stages"]["generate"]["turbo_speedup"] > 1
     assert (tmp_path / "report.html").read_text().count("<img") == 1

@@ -62,3 +62,17 @@ def test_data_caption_inserts_a_trigger_once(tmp_path):
     assert all("object" in i["caption"] and "thing" not in i["caption"] for i in items)
     bad = runner.invoke(app, ["data", "caption", str(path), "--replace", "no-equals-sign"])
     assert bad.exit_code == 2 and "expected OLD=NEW" in bad.stderr
+
+
+def test_data_cache_cli_is_incremental(tmp_path, tiny_dirs):
+    src = _folder(tmp_path)
+    runner.invoke(app, ["data", "check", str(src), "-o", str(tmp_path / "out"), "--no-ocr",
+                        "-m", str(tiny_dirs[0])])
+    manifest = tmp_path / "out" / "dataset.json"
+    first = runner.invoke(app, ["data", "cache", str(manifest), "--json"])
+    assert first.exit_code == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["encoded_latents"] == 3 and report["loaded"] == ["vae", "text_encoder"]
+    second = json.loads(runner.invoke(app, ["data", "cache", str(manifest), "--json"]).stdout)
+    assert (second["encoded_latents"], second["encoded_captions"], second["loaded"]) == (0, 0, [])
+    assert first.stdout and (tmp_path / "out" / "cache" / "index.json").is_file()

@@ -1,7 +1,8 @@
 """`weightshop demo`: the loop on the embedded model, one stage after another, ending in one report.
 
 Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table
-and timings on krea2-nano). Later stages (curate, train, transfer, evaluate, quantize, serve) each add a
+and timings on krea2-nano) and curate (a star-concept domain set with planted faults, checked,
+ground-truth captioned and cached twice to show the second run is a no-op). Later stages (curate, train, transfer, evaluate, quantize, serve) each add a
 step here and a section to the report. Without the trained krea2-nano weights (before the first
 `weightshop nano build`), the demo runs the same path on tiny random-weight components and says so.
 """
@@ -77,6 +78,50 @@ def _generate_tiny(pair: ModelPair, workdir: Path, progress: Progress) -> tuple[
     return summary, table_html(rows) + f"<p>Turbo is {speedup:.1f}x faster per image.</p><img src='{data_uri(grid)}'>"
 
 
+def _curate(model_dir: Path, workdir: Path, progress: Progress) -> tuple[dict, str]:
+    """Check a generated domain set with planted faults, caption what is missing, cache it twice."""
+    from weightshop.data import autocaption, check_dataset, write_manifest, write_report
+    from weightshop.data.cache import build_cache
+    from weightshop.data.limits import model_limits
+    from weightshop.nano.domain import ground_truth_captioner, write_domain_set
+
+    folder = workdir / "curate" / "star"
+    planted = write_domain_set(folder, "star", n=24)
+    limits = model_limits(str(model_dir))
+    manifest = check_dataset(folder, target_area=64 * 64, multiple=limits["multiple"], tokenizer=limits["tokenizer"],
+                             max_caption_tokens=limits["max_tokens"],
+                             progress=lambda d, t, f: progress("curate check", d, t))
+    by_file = {i["file"]: i for i in manifest["items"]}
+    expect = {"corrupt": ("rejected", "not an image"), "duplicate": ("rejected", "duplicate"),
+              "watermark": ("warning", "repeated mark"), "missing_caption": (None, "caption missing")}
+    caught = {}
+    for fault, files in planted.items():
+        verdict, words = expect[fault]
+        caught[fault] = all((verdict is None or by_file[f]["verdict"] == verdict)
+                            and any(words in r for r in by_file[f]["reasons"]) for f in files)
+    manifest["model"] = str(model_dir)
+    captioned = autocaption(manifest, ground_truth_captioner(folder), tokenizer=limits["tokenizer"],
+                            max_caption_tokens=limits["max_tokens"])
+    write_manifest(manifest, workdir / "curate" / "dataset.json")
+    report = write_report(manifest, folder, workdir / "curate")
+    first = build_cache(manifest, model_dir, workdir / "curate" / "cache",
+                        progress=lambda label, d, t: progress(f"cache {label}", d, t))
+    second = build_cache(manifest, model_dir, workdir / "curate" / "cache")
+    summary = {"counts": manifest["counts"], "planted_faults_caught": caught,
+               "auto_captioned": captioned["filled"], "cache_first_seconds": first["seconds"],
+               "cache_second_seconds": second["seconds"], "cache_speedup": first["seconds"] / max(second["seconds"], 1e-9),
+               "cache_second_run_encoded": second["encoded_latents"] + second["encoded_captions"],
+               "cache_bytes": first["total_bytes"], "report": str(report)}
+    rows = [{"fault": f, "files": ", ".join(planted[f]), "caught": caught[f]} for f in planted]
+    body = (f"<p>{len(manifest['items'])} files: {manifest['counts']}. Auto-captioned from ground truth: "
+            f"{captioned['filled']}. Full report: <a href='curate/report.html'>curate/report.html</a>.</p>"
+            + table_html(rows)
+            + f"<p>Cache: first run {first['seconds']:.2f} s ({first['encoded_latents']} latents, "
+              f"{first['encoded_captions']} captions incl. the empty one); second run {second['seconds']:.3f} s, "
+              f"encoded nothing, loaded no encoder ({summary['cache_speedup']:.0f}x faster).</p>")
+    return summary, body
+
+
 def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int = 24,
              nano_root: Path | None = None) -> dict:
     """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root)."""
@@ -95,10 +140,12 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         model_name = "krea2-tiny-random (plumbing only: run `weightshop nano build` for krea2-nano)"
         pair = load_pair(*ensure_tiny_models(workdir), dtype="fp32")
         generate_summary, body = _generate_tiny(pair, workdir, progress)
-    summary = {"model": model_name, "stages": {"generate": generate_summary}}
+    curate_summary, curate_body = _curate(Path(pair.raw.source.transformer), workdir, progress)
+    summary = {"model": model_name, "stages": {"generate": generate_summary, "curate": curate_summary}}
     report = write_html(workdir / "report.html", "weightshop demo", [
         ("Model", f"<p>{model_name}</p>"),
         ("Generate: Raw (52 steps, guidance 3.5) vs Turbo (8 steps, no guidance)", body),
+        ("Curate: a star-concept set with planted faults (held out of nano-Raw's training)", curate_body),
     ])
     summary["seconds"] = time.perf_counter() - start
     summary["report"] = str(report)

@@ -15,27 +15,6 @@ app = typer.Typer(help="Curate a training set: verdicts, fixes, duplicates, wate
 VERDICT_STYLE = {"ok": "green", "fixed": "cyan", "warning": "yellow", "rejected": "red"}
 
 
-def model_limits(model: str | None) -> dict:
-    """Bucket multiple, default area, caption token budget and tokenizer of the model the set is for.
-
-    Without a model: Krea 2's (multiple 16, 1024 x 1024, 507 caption tokens, words counted approximately).
-    """
-    from weightshop.data import KREA2_CAPTION_TOKENS
-
-    if model is None:
-        return {"multiple": 16, "area": 1024 * 1024, "max_tokens": KREA2_CAPTION_TOKENS, "tokenizer": None}
-    from transformers import AutoTokenizer
-
-    from weightshop.models.info import describe
-    from weightshop.models.tokenizer import SUFFIX_TOKENS
-
-    info = describe(model)
-    side = info["default_size"]
-    max_len = int(info["manifest"].get("max_sequence_length", 512))
-    return {"multiple": info["size_multiple"], "area": side * side, "max_tokens": max_len - SUFFIX_TOKENS,
-            "tokenizer": AutoTokenizer.from_pretrained(Path(info["components"]) / "tokenizer")}
-
-
 def _print_summary(manifest: dict, out: Path, report: Path) -> None:
     from weightshop.data import summary_rows
 
@@ -71,6 +50,7 @@ def check(
     The source folder is never modified.
     """
     from weightshop.data import check_dataset, write_manifest, write_report
+    from weightshop.data.limits import model_limits
 
     limits = model_limits(model)
     area = resolution * resolution if resolution else limits["area"]
@@ -104,6 +84,8 @@ def caption(
     from weightshop.data import apply_caption_edits, read_manifest, write_manifest
     from weightshop.errors import WeightshopError
 
+    from weightshop.data.limits import model_limits
+
     manifest = read_manifest(manifest_path)
     limits = model_limits(manifest.get("model"))
     pairs = []
@@ -118,3 +100,34 @@ def caption(
     emit({"manifest": str(manifest_path), "counts": manifest["counts"]}, as_json)
     if not as_json:
         console.print(f"updated {manifest_path}: {manifest['counts']}")
+
+
+@app.command("cache")
+@guarded
+def cache(
+    manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="dataset.json written by `data check`."),
+    model: str = typer.Option(None, "--model", "-m", help="Model whose VAE and text encoder to use (default: the manifest's)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Cache directory (default: cache/ beside the manifest)."),
+    dtype: str = typer.Option("bf16", help="Stored precision: bf16, fp16 or fp32."),
+    batch_size: int = typer.Option(8, help="Images / captions per encoder call."),
+    device: str = typer.Option("cpu", help="cpu, cuda ..."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Encode latents and caption embeddings once (incremental; corrupt or stale files are rebuilt)."""
+    from weightshop.data import read_manifest
+    from weightshop.data.cache import build_cache
+    from weightshop.errors import WeightshopError
+
+    manifest = read_manifest(manifest_path)
+    model = model or manifest.get("model")
+    if not model:
+        raise WeightshopError(f"{manifest_path} names no model: pass --model (the one you will train on)")
+    out = out or manifest_path.parent / "cache"
+    with step_progress("encode") as progress:
+        report = build_cache(manifest, model, out, dtype=dtype, batch_size=batch_size, device=device,
+                             progress=progress)
+    emit(report, as_json)
+    if not as_json:
+        console.print(f"cache {out}: {report['items']} images, {report['captions']} captions (empty one included); "
+                      f"encoded {report['encoded_latents']} latents and {report['encoded_captions']} captions "
+                      f"in {report['seconds']:.1f} s; {report['total_bytes'] / 2**20:.2f} MiB")

@@ -29,4 +29,9 @@ def demo(
     console.print(table)
     console.print(f"Turbo is {summary['stages']['generate']['turbo_speedup']:.1f}x faster per image than Raw; "
                   f"demo took {summary['seconds']:.0f} s")
+    curate = summary["stages"]["curate"]
+    caught = curate["planted_faults_caught"]
+    console.print(f"curate: {curate['counts']}; planted faults caught {sum(caught.values())}/{len(caught)} "
+                  f"({', '.join(k for k, v in caught.items() if v)}); cache second run "
+                  f"{curate['cache_speedup']:.0f}x faster, encoded {curate['cache_second_run_encoded']}")
     console.print(f"report: [bold]{summary['report']}[/]")

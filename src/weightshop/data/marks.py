@@ -9,7 +9,8 @@ otherwise alike, is a repeated mark. Pairs that match across much of the frame a
 shots, near duplicates) rather than a mark, and are left out. Everything is numpy matrix products: a few
 dozen images take well under a second, and the result depends only on the pixels.
 
-Limits: a mark stamped at a fixed pixel offset on images of very different sizes or shapes lands at
+Only the outer band of the frame is searched (MARK_BAND): a mark in the middle of the picture is left to
+OCR. Limits: a mark stamped at a fixed pixel offset on images of very different sizes or shapes lands at
 different normalised places and can be missed (OCR still reads it if it is text), and 1-pixel strokes
 over strong pixel noise correlate too weakly to count.
 """
@@ -27,6 +28,10 @@ MARK_MIN_IMAGES = 3      # a pattern must recur in at least this many images
 SAME_SCENE_FRACTION = 0.25  # pairs matching in more than this share of cells are one scene, not a mark
 MARK_MAX_IMAGES = 500    # beyond this the pairwise comparison costs minutes and gigabytes; it is skipped
 _MIN_CELL_STD = 2.0      # cells flatter than this (grey levels) carry no pattern to compare
+# Marks are searched only in the outer band of the frame (cells lying wholly within this fraction of an
+# edge), where watermarks, signatures and logos sit by convention. The middle is where subjects sit, and a
+# subject at the same place in many images (a product centred in every catalog shot) is not a mark.
+MARK_BAND = 0.25
 
 
 def mark_map(image: Image.Image) -> np.ndarray:
@@ -51,7 +56,9 @@ def find_repeated_marks(maps: list[np.ndarray], names: list[str], exclude_pairs:
     if n < min_images or n > MARK_MAX_IMAGES:
         return []
     starts = range(0, MARK_SIZE - MARK_CELL + 1, MARK_STRIDE)
-    cells = [(y, x) for y in starts for x in starts]
+    band = MARK_BAND * MARK_SIZE
+    cells = [(y, x) for y in starts for x in starts
+             if x + MARK_CELL <= band or x >= MARK_SIZE - band or y + MARK_CELL <= band or y >= MARK_SIZE - band]
     stack = np.stack(maps)
     match = np.zeros((len(cells), n, n), dtype=bool)
     valid = np.zeros((len(cells), n), dtype=bool)

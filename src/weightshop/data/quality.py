@@ -42,26 +42,30 @@ def pixel_sha256(image: Image.Image) -> str:
     return h.hexdigest()
 
 
-def _work_gray(image: Image.Image, area: int) -> np.ndarray:
+def _work_rgb(image: Image.Image, area: int) -> np.ndarray:
+    """(3, H, W) float copy at most `area` pixels. Per channel, not grey: two colours of equal luminance
+    (green on grey) are one flat grey, yet a sharp edge to the eye and to the VAE."""
     # Only ever downscale: enlarging a small image would blur it and call it blurry twice (it is already
     # flagged as too small for its bucket).
     scale = min(1.0, (area / (image.width * image.height)) ** 0.5)
     size = (max(3, round(image.width * scale)), max(3, round(image.height * scale)))
-    gray = image.convert("L")
-    if size != gray.size:
-        gray = gray.resize(size, Image.Resampling.BOX)
-    return np.asarray(gray, dtype=np.float64)
+    rgb = image.convert("RGB")
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.BOX)
+    return np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1)
 
 
 def laplacian_variance(image: Image.Image, area: int = BLUR_WORK_AREA) -> float:
-    """Variance of the 4-neighbour Laplacian of the grey image at a fixed working area (size-normalised)."""
-    g = _work_gray(image, area)
-    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
-    return float(lap.var())
+    """Variance of the 4-neighbour Laplacian at a fixed working area (size-normalised), the largest over the
+    RGB channels."""
+    g = _work_rgb(image, area)
+    lap = g[:, 1:-1, :-2] + g[:, 1:-1, 2:] + g[:, :-2, 1:-1] + g[:, 2:, 1:-1] - 4 * g[:, 1:-1, 1:-1]
+    return float(lap.reshape(3, -1).var(axis=1).max())
 
 
 def gray_std(image: Image.Image) -> float:
-    return float(_work_gray(image, 128 * 128).std())
+    """How far from a flat frame: the largest per-channel standard deviation of the levels."""
+    return float(_work_rgb(image, 128 * 128).reshape(3, -1).std(axis=1).max())
 
 
 def phash_hex(image: Image.Image) -> str | None:

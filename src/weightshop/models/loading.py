@@ -344,19 +344,32 @@ class SharedComponents:
     path: Path
 
 
-def load_components(path: str | Path, dtype: torch.dtype = torch.float32,
-                    family: FamilySpec = KREA2) -> SharedComponents:
+def load_vae(path: str | Path, dtype: torch.dtype = torch.float32):
+    """The shared VAE of a components directory, with the exact single-frame fast path."""
     from diffusers import AutoencoderKLQwenImage
-    from transformers import AutoTokenizer, Qwen3VLModel
+
+    from weightshop.models.qwen_vae import use_single_frame_convs
 
     path = Path(path)
-    if _missing_components(path):
-        raise WeightshopError(f"{path} lacks {', '.join(_missing_components(path))}/ (Krea 2 needs vae/, "
-                              "text_encoder/, tokenizer/)")
     try:
         vae = AutoencoderKLQwenImage.from_pretrained(path, subfolder="vae", torch_dtype=dtype).eval()
     except (OSError, ValueError) as e:
         raise WeightshopError(f"could not load the VAE from {path / 'vae'}: {e}") from None
+    use_single_frame_convs(vae)
+    return vae
+
+
+def text_encoder_select_layers(path: str | Path, family: FamilySpec = KREA2) -> tuple[int, ...]:
+    path = Path(path)
+    index = _read_json(path / "model_index.json") or _read_json(path / MANIFEST)
+    return tuple(index.get("text_encoder_select_layers") or family.text_encoder_select_layers)
+
+
+def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.float32, family: FamilySpec = KREA2):
+    """(text encoder, tokenizer, tapped layers) of a components directory, checked against each other."""
+    from transformers import AutoTokenizer, Qwen3VLModel
+
+    path = Path(path)
     try:
         text_encoder = Qwen3VLModel.from_pretrained(path / "text_encoder", dtype=dtype).eval()
     except (OSError, ValueError) as e:
@@ -365,15 +378,34 @@ def load_components(path: str | Path, dtype: torch.dtype = torch.float32,
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     except (OSError, ValueError) as e:
         raise WeightshopError(f"could not load the tokenizer from {path / 'tokenizer'}: {e}") from None
-    index = _read_json(path / "model_index.json") or _read_json(path / MANIFEST)
-    layers = tuple(index.get("text_encoder_select_layers") or family.text_encoder_select_layers)
+    layers = text_encoder_select_layers(path, family)
     depth = text_encoder.config.text_config.num_hidden_layers
     if max(layers) > depth:
         raise WeightshopError(
             f"text encoder in {path / 'text_encoder'} has {depth} layers but the taps reach layer {max(layers)}: "
             "set text_encoder_select_layers in model_index.json to layers <= its depth"
         )
+    return text_encoder, tokenizer, layers
+
+
+def load_components(path: str | Path, dtype: torch.dtype = torch.float32,
+                    family: FamilySpec = KREA2) -> SharedComponents:
+    path = Path(path)
+    if _missing_components(path):
+        raise WeightshopError(f"{path} lacks {', '.join(_missing_components(path))}/ (Krea 2 needs vae/, "
+                              "text_encoder/, tokenizer/)")
+    vae = load_vae(path, dtype)
+    text_encoder, tokenizer, layers = load_text_encoder(path, dtype, family)
     return SharedComponents(vae, text_encoder, tokenizer, layers, path)
+
+
+def text_pipeline(text_encoder, tokenizer, select_layers: tuple[int, ...]):
+    """A Krea2Pipeline holding only the text side, to run its own prompt encoding (template, taps, mask)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
+
+    return Krea2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(KREA2.scheduler_config()),
+                         vae=None, text_encoder=text_encoder, tokenizer=tokenizer, transformer=None,
+                         text_encoder_select_layers=select_layers)
 
 
 # ---------------------------------------------------------------------------------------------------
