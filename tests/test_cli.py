@@ -20,7 +20,7 @@ def test_help_lists_only_working_commands():
     result = run("--help")
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
-    assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "version"}
+    assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "train", "version"}
     for command in commands:
         assert command in result.stdout
 

@@ -117,3 +117,17 @@ def test_timestep_samplers():
         sample_timesteps(4, "shifted")
     with pytest.raises(ValueError, match="unknown timestep sampler"):
         sample_timesteps(4, "cosine")
+
+
+def test_latent_packing_and_positions_match_the_pipeline(tiny_raw):
+    import torch
+
+    from weightshop.models.latents import pack_latents, position_ids, unpack_latents
+
+    pipe = tiny_raw.pipeline
+    z = torch.randn(2, 4, 8, 12)
+    packed = pack_latents(z)
+    assert torch.equal(packed, pipe._pack_latents(z, 2, 4, 8, 12))
+    assert torch.equal(unpack_latents(packed, 8, 12), z)
+    assert torch.equal(pipe._unpack_latents(packed, 8 * 4, 12 * 4)[:, :, 0], z)  # f4 VAE: pixels = 4 x latent
+    assert torch.equal(position_ids(5, 4, 6), pipe.prepare_position_ids(5, 4, 6, torch.device("cpu")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from weightshop import __version__
-from weightshop.cli import data, demo, doctor, generate, info, nano
+from weightshop.cli import data, demo, doctor, generate, info, nano, train
 
 app = typer.Typer(
     name="weightshop",
@@ -18,6 +18,7 @@ app.command("doctor")(doctor.doctor)
 app.command("info")(info.info)
 app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
 app.add_typer(nano.app, name="nano")
 app.add_typer(data.app, name="data")
 

@@ -193,6 +193,20 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
 # Transformer
 
 
+def transformer_files(source: ModelSource) -> list[Path]:
+    if source.kind == "single_file":
+        return [source.transformer]
+    return sorted((source.transformer / "transformer").glob("*.safetensors"))
+
+
+def transformer_hash(source: ModelSource) -> str:
+    """sha256 of the transformer weights (of the sorted shard hashes when sharded)."""
+    from weightshop.io import cached_sha256, sha256_bytes
+
+    hashes = [cached_sha256(f) for f in transformer_files(source)]
+    return hashes[0] if len(hashes) == 1 else sha256_bytes("".join(hashes).encode())
+
+
 def _count(prefix: str, keys) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({m.group(1) for k in keys if (m := pattern.match(k))})
@@ -441,17 +455,8 @@ class LoadedModel:
     def name(self) -> str:
         return self.source.manifest.get("name") or self.source.model_id
 
-    def transformer_files(self) -> list[Path]:
-        if self.source.kind == "single_file":
-            return [self.source.transformer]
-        return sorted((self.source.transformer / "transformer").glob("*.safetensors"))
-
     def transformer_hash(self) -> str:
-        """sha256 of the transformer weights (of the sorted shard hashes when sharded)."""
-        from weightshop.io import cached_sha256, sha256_bytes
-
-        hashes = [cached_sha256(f) for f in self.transformer_files()]
-        return hashes[0] if len(hashes) == 1 else sha256_bytes("".join(hashes).encode())
+        return transformer_hash(self.source)
 
 
 def _check_fit(transformer, shared: SharedComponents, source: ModelSource) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from weightshop.models.schedule import TURBO_MU, sampling_sigmas
 from weightshop.nano import world
 from weightshop.nano.pretrain import Conditioner, ema_update
-from weightshop.nano.state import load_state, save_state
+from weightshop.state import load_state, save_state
 
 
 @dataclass(frozen=True)

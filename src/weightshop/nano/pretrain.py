@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from weightshop.models.schedule import noisy_sample, sample_timesteps, velocity_target
 from weightshop.nano import world
-from weightshop.nano.state import run_loop, warmup_cosine
+from weightshop.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from weightshop.nano import world
-from weightshop.nano.state import run_loop, warmup_cosine
+from weightshop.state import run_loop, warmup_cosine
 
 ATTRIBUTES = tuple(world.ATTRIBUTE_VALUES)
 _FLIP = {"right of": "left of", "below": "above"}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from weightshop.models.tokenizer import PROMPT_PREFIX, PROMPT_SUFFIX, train_krea2_tokenizer
 from weightshop.nano import world
-from weightshop.nano.state import run_loop, warmup_cosine
+from weightshop.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 
 from weightshop.models.qwen_vae import use_single_frame_convs
 from weightshop.nano import world
-from weightshop.nano.state import run_loop, warmup_cosine
+from weightshop.state import run_loop, warmup_cosine
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Resumable training state for the nano build: one atomic safetensors + JSON pair per stage.
+"""Resumable training state (nano build stages, LoRA training): one atomic safetensors + JSON pair.
 
 A build of several CPU hours gets interrupted. Each stage saves its model, optimiser, step and RNG
 state every few minutes (temp + rename, so a kill leaves the previous state intact) and picks up
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from weightshop.io import atomic_write_json
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = opt.state_dict()
     tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
     for pid, pstate in state["state"].items():
@@ -33,7 +33,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, meta
 
 
-def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
     state = {}
     for pid, pstate in meta["state"].items():
         state[int(pid)] = {k: tensors[f"opt.{pid}.{k}"] if v == "tensor" else v for k, v in pstate.items()}
@@ -64,7 +64,7 @@ def save_state(path: str | Path, modules: dict[str, torch.nn.Module], optimizer:
                for k, v in m.state_dict().items()}
     meta = {"info": info, "rng": rng_state()}
     if optimizer is not None:
-        opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer)
+        opt_tensors, meta["optimizer"] = flatten_optimizer(optimizer)
         tensors.update(opt_tensors)
     tmp = path.with_name(path.name + ".tmp.safetensors")
     save_file(tensors, str(tmp))
@@ -85,7 +85,7 @@ def load_state(path: str | Path, modules: dict[str, torch.nn.Module],
         prefix = f"{name}."
         m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     if optimizer is not None and "optimizer" in meta:
-        _unflatten_optimizer(optimizer, tensors, meta["optimizer"])
+        unflatten_optimizer(optimizer, tensors, meta["optimizer"])
     set_rng_state(meta["rng"])
     return meta["info"]
 

@@ -1,0 +1,162 @@
+"""LoRA training: config errors, targets, the objective from the cache, exact resume, kill -9, output file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from weightshop.data import check_dataset, write_manifest
+from weightshop.errors import WeightshopError
+from weightshop.train import load_config, train
+from weightshop.train.targets import lora_parameter_count, resolve_targets
+
+
+@pytest.fixture(scope="module")
+def manifest_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("set")
+    src = root / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(src / f"i{i}.png")
+        (src / f"i{i}.txt").write_text(f"a red star number {i}")
+    manifest = check_dataset(src, target_area=32 * 32, multiple=8, ocr=False)
+    return write_manifest(manifest, root / "dataset.json")
+
+
+def config(tiny_dirs, manifest_path, out, **sets):
+    base = {"model": {"raw": str(tiny_dirs[0]), "turbo": str(tiny_dirs[1])},
+            "data": {"manifest": str(manifest_path), "caption_dropout": 0.2},
+            "lora": {"rank": 4, "targets": "attention"},
+            "schedule": {"steps": 4, "batch_size": 2},
+            "output": {"dir": str(out), "save_every": 1, "keep_last": 2}}
+    return load_config(base=base, overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+def test_unknown_keys_and_bad_values_are_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {manifest: m.json}\nlora: {rnak: 8}\n")
+    with pytest.raises(WeightshopError, match="unknown key 'lora.rnak'"):
+        load_config(path)
+    with pytest.raises(WeightshopError, match="optim.lr: Input should be greater than 0"):
+        load_config(overrides=["data.manifest=m.json", "optim.lr=-1"])
+    with pytest.raises(WeightshopError, match="schedule.timesteps"):
+        load_config(overrides=["data.manifest=m.json", "schedule.timesteps=cosmic"])
+    with pytest.raises(WeightshopError, match="unknown preset 'huge'"):
+        load_config(preset="huge")
+    with pytest.raises(WeightshopError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_presets_overrides_and_alpha_default():
+    cfg = load_config(preset="low-vram-24gb", overrides=["data.manifest=m.json", "lora.rank=8"])
+    assert cfg.memory.gradient_checkpointing and cfg.schedule.grad_accum == 4
+    assert cfg.lora.rank == 8 and cfg.lora.alpha == 8.0  # alpha follows rank: scale 1 everywhere
+    assert load_config(preset="style", overrides=["data.manifest=m"]).optim.lr == 5e-4
+
+
+# --- targets -----------------------------------------------------------------------------------------
+
+
+def test_krea_default_targets_on_the_full_model():
+    from accelerate import init_empty_weights
+    from diffusers import Krea2Transformer2DModel
+
+    with init_empty_weights():
+        full = Krea2Transformer2DModel()
+    names = resolve_targets(full, "krea-default")
+    assert len(names) == 232  # the figure diffusers' example trainer reports for Krea 2
+    assert round(lora_parameter_count(full, names, 32) / 1e6, 1) == 95.9
+    attention = resolve_targets(full, "attention")
+    assert len(attention) == 5 * (28 + 4)
+    assert len(resolve_targets(full, "attention", text_fusion=False)) == 5 * 28
+
+
+def test_explicit_targets_that_match_nothing(tiny_raw):
+    with pytest.raises(WeightshopError, match=r"\['attn.wq'\] match no Linear"):
+        resolve_targets(tiny_raw.pipeline.transformer, ["to_q", "attn.wq"])
+    with pytest.raises(WeightshopError, match="unknown target set"):
+        resolve_targets(tiny_raw.pipeline.transformer, "everything")
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def test_training_writes_a_lora_that_loads_everywhere(tiny_dirs, manifest_path, tmp_path):
+    result = train(config(tiny_dirs, manifest_path, tmp_path / "run"))
+    assert result["step"] == 4 and result["verified_on"]["checkpoint"] == "turbo"
+    assert result["verified_on"]["modules_injected"] == result["modules"] == 5 * 4
+    with safe_open(result["lora"], "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    info = json.loads(meta["weightshop"])
+    assert info["rank"] == info["alpha"] == 4 and info["steps"] == 4 and len(info["base_sha256"]) == 64
+    assert json.loads(meta["lora_adapter_metadata"])["transformer.lora_alpha"] == 4.0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(np.isfinite(json.loads(l)["loss"]) for l in lines)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000004"]
+
+
+def test_alpha_is_folded_into_lora_b(tiny_dirs, manifest_path, tmp_path):
+    a = train(config(tiny_dirs, manifest_path, tmp_path / "a", **{"lora.alpha": 4}))
+    b = train(config(tiny_dirs, manifest_path, tmp_path / "b", **{"lora.alpha": 8}))
+    with safe_open(a["lora"], "pt") as fa, safe_open(b["lora"], "pt") as fb:
+        key = next(k for k in fa.keys() if ".lora_B." in k)
+        meta_b = json.loads(fb.metadata()["weightshop"])
+        assert meta_b["alpha"] == 4.0 and meta_b["alpha_folded_from"] == 8.0
+        assert fb.get_tensor(key).abs().sum() > 0 and not torch.equal(fa.get_tensor(key), fb.get_tensor(key))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_dirs, manifest_path, tmp_path):
+    straight = train(config(tiny_dirs, manifest_path, tmp_path / "straight"))
+    cfg = config(tiny_dirs, manifest_path, tmp_path / "resumed")
+    assert train(cfg, stop_after=2)["step"] == 2
+    resumed = train(cfg)
+    la = [json.loads(l)["loss"] for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["loss"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert la == pytest.approx(lb, rel=1e-6, abs=1e-7)
+    with safe_open(straight["lora"], "pt") as fa, safe_open(resumed["lora"], "pt") as fb:
+        assert all(torch.allclose(fa.get_tensor(k), fb.get_tensor(k), atol=1e-7) for k in fa.keys())
+
+
+def test_resume_with_a_changed_config_is_refused(tiny_dirs, manifest_path, tmp_path):
+    train(config(tiny_dirs, manifest_path, tmp_path / "run"), stop_after=1)
+    changed = config(tiny_dirs, manifest_path, tmp_path / "run", **{"optim.lr": 1e-2, "lora.rank": 4})
+    with pytest.raises(WeightshopError, match=r"optim.lr: 0.0005 -> 0.01"):
+        train(changed)
+    # fields that do not change what is learned may change
+    assert train(config(tiny_dirs, manifest_path, tmp_path / "run", **{"output.keep_last": 5}), stop_after=2)["step"] == 2
+
+
+def test_kill_9_leaves_a_resumable_run(tiny_dirs, manifest_path, tmp_path):
+    run = tmp_path / "run"
+    overrides = [f"--set=model.raw={tiny_dirs[0]}", f"--set=model.turbo={tiny_dirs[1]}",
+                 f"--set=data.manifest={manifest_path}", "--set=lora.rank=4", "--set=lora.targets=attention",
+                 "--set=schedule.steps=400", "--set=schedule.batch_size=2", f"--set=output.dir={run}",
+                 "--set=output.save_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "weightshop.cli.main", "train", *overrides],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "latest.json").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)  # somewhere inside a later step or checkpoint write
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert 1 <= latest["step"] < 400
+    result = train(load_config(overrides=[o.removeprefix("--set=") for o in overrides]
+                               + ["schedule.steps=400"]), stop_after=latest["step"] + 2)
+    assert result["step"] == latest["step"] + 2
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, latest["step"] + 3))  # no step logged twice
