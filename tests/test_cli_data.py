@@ -62,6 +62,8 @@ def test_data_caption_inserts_a_trigger_once(tmp_path):
     assert all("object" in i["caption"] and "thing" not in i["caption"] for i in items)
     bad = runner.invoke(app, ["data", "caption", str(path), "--replace", "no-equals-sign"])
     assert bad.exit_code == 2 and "expected OLD=NEW" in bad.stderr
+    no_weights = runner.invoke(app, ["data", "caption", str(path), "--auto", str(tmp_path / "qwen3vl")])
+    assert no_weights.exit_code == 2 and "weights not found" in no_weights.stderr
 
 
 def test_data_cache_cli_is_incremental(tmp_path, tiny_dirs):

@@ -78,6 +78,8 @@ def caption(
     template: str = typer.Option(None, help="Caption template, e.g. '{trigger}, {caption}'."),
     replace: list[str] = typer.Option(None, "--replace", help="OLD=NEW find-and-replace (repeatable)."),
     regex: bool = typer.Option(False, help="Treat --replace patterns as regular expressions."),
+    auto: Path = typer.Option(None, help="Auto-caption missing captions with Qwen3-VL from this local folder."),
+    overwrite: bool = typer.Option(False, help="With --auto: replace existing captions too."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Edit the captions in a manifest (never the source files); verdicts are refreshed."""
@@ -94,6 +96,13 @@ def caption(
             raise WeightshopError(f"--replace {text!r}: expected OLD=NEW")
         old, new = text.split("=", 1)
         pairs.append((old, new))
+    if auto is not None:
+        from weightshop.data import Qwen3VLCaptioner, autocaption
+
+        captioner = Qwen3VLCaptioner(auto)  # checks the folder before any image is read
+        with step_progress("caption") as progress:
+            autocaption(manifest, captioner, overwrite=overwrite, tokenizer=limits["tokenizer"],
+                        max_caption_tokens=limits["max_tokens"], progress=lambda d, t, f: progress("images", d, t))
     apply_caption_edits(manifest, trigger=trigger, trigger_mode=mode, template=template, replace=pairs or None,
                         regex=regex, tokenizer=limits["tokenizer"], max_caption_tokens=limits["max_tokens"])
     write_manifest(manifest, manifest_path)

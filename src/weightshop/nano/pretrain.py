@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from weightshop.models.latents import pack_latents, position_ids
 from weightshop.models.schedule import noisy_sample, sample_timesteps, velocity_target
 from weightshop.nano import world
 from weightshop.state import run_loop, warmup_cosine
@@ -82,16 +83,12 @@ class Conditioner:
         return (z - self.mean) / self.std
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = latents.shape
-        return self.pipe._pack_latents(latents, b, c, h, w)
-
-    def unpack(self, packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Packed tokens -> (B, C, h, w) normalised latents, for image-size H x W."""
-        return self.pipe._unpack_latents(packed, height, width)[:, :, 0]
+        return pack_latents(latents, self.pipe.patch_size)
 
     def position_ids(self, text_len: int, h: int, w: int) -> torch.Tensor:
+        """Rotary coordinates for text_len text tokens and an h x w latent grid."""
         p = self.pipe.patch_size
-        return self.pipe.prepare_position_ids(text_len, h // p, w // p, torch.device("cpu"))
+        return position_ids(text_len, h // p, w // p)
 
 
 def encode_scenes(vae, scenes: list, size: int = 64, batch: int = 128,
