@@ -160,3 +160,17 @@ def test_kill_9_leaves_a_resumable_run(tiny_dirs, manifest_path, tmp_path):
     assert result["step"] == latest["step"] + 2
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, latest["step"] + 3))  # no step logged twice
+
+
+def test_validation_renders_with_the_saved_lora_on_raw_and_turbo(tiny_dirs, manifest_path, tmp_path):
+    cfg = config(tiny_dirs, manifest_path, tmp_path / "run", **{"validation.every": 2,
+                                                               "validation.prompts": "[a red star, a blue star]",
+                                                               "validation.seeds": "[0, 1]"})
+    result = train(cfg)
+    steps = [v["step"] for v in result["validation"]]
+    assert steps == [2, 4]
+    for v in result["validation"]:
+        assert v["raw"]["images"] == v["turbo"]["images"] == 4 and v["turbo"]["modules"] == 20
+        assert (tmp_path / "run" / "validation").exists() and v["grid"].endswith("grid.png")
+    assert (tmp_path / "run" / "validation" / "step-0000002" / "lora.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "validation.json").read_text())[-1]["step"] == 4

@@ -71,8 +71,9 @@ class MemoryConfig(_Strict):
 
 class ValidationConfig(_Strict):
     every: int = Field(0, ge=0, description="Steps between validations (0: only at the end).")
-    prompts: list[str] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list, description="No prompts: no validation renders.")
     seeds: list[int] = Field(default_factory=lambda: [0])
+    concept: str | None = Field(None, description="krea2-nano: the concept the probe looks for (star, striped).")
 
 
 class OutputConfig(_Strict):

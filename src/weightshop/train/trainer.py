@@ -243,6 +243,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     metrics_path = run / "metrics.jsonl"
     target = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
     transformer.train()
+    validator, validations = _validator(cfg), []
     smooth, start = None, time.perf_counter()
     while info["step"] < target:
         step = info["step"]
@@ -270,6 +271,9 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
             progress("train", info["step"], target, {"loss": smooth})
         if info["step"] % cfg.output.save_every == 0 or info["step"] == target:
             _checkpoint(run, info["step"], transformer, ema, optimizer, info, cfg)
+        v = cfg.validation
+        if v.prompts and v.every and info["step"] % v.every == 0 and info["step"] < cfg.schedule.steps:
+            validations.append(_validate(validator, run, info["step"], transformer, ema, cfg, names, source))
     result = {"run": str(run), "step": info["step"], "steps": cfg.schedule.steps, "modules": len(names),
               "seconds": time.perf_counter() - start, "loss_ema": smooth}
     if info["step"] < cfg.schedule.steps:
@@ -280,7 +284,35 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
                           transformer_hash(source), manifest_hash(manifest))
     result["lora"] = str(lora_path)
     result["verified_on"] = verify_lora(lora_path, cfg)
+    if validator is not None:
+        validations.append({"step": info["step"], **validator.run(lora_path, run / "validation" / "final")})
+    result["validation"] = validations
+    atomic_write_json(run / "validation.json", validations)
     return result
+
+
+def _validator(cfg: TrainConfig):
+    if not cfg.validation.prompts:
+        return None
+    from weightshop.models.loading import resolve_source
+    from weightshop.train.validate import Validator
+
+    probe_dir = None
+    if cfg.validation.concept:
+        from weightshop.nano import family
+
+        # The probe belongs to the nano family the run trains on (the committed one, or one packaged elsewhere).
+        root = resolve_source(cfg.model.raw).transformer.parent
+        probe_dir = family.paths(root)[2] if family.installed(root) else None
+    return Validator(cfg, probe_dir)
+
+
+def _validate(validator, run: Path, step: int, transformer, ema, cfg: TrainConfig, names, source) -> dict:
+    """Save the current LoRA as a file and render with it, as a user would."""
+    weights = ema if ema is not None else lora_state(transformer)
+    path = save_lora(run / "validation" / f"step-{step:07d}" / "lora.safetensors", weights, cfg, names,
+                     {"step": step}, "", "")
+    return {"step": step, **validator.run(path, path.parent)}
 
 
 def verify_lora(path: Path, cfg: TrainConfig) -> dict:
