@@ -37,6 +37,11 @@ def test_packaged_family_loads_through_the_standard_loaders(smoke):
     assert pair.raw.default_size == 64 and pair.raw.size_multiple == 8
     direct = Krea2Pipeline.from_pretrained(root / "weights" / "krea2-nano-turbo")
     assert direct.config.is_distilled and direct.vae_scale_factor == 4
+    # Turbo's shared components are links to Raw's: stored once, like the real release's shared VAE/encoder
+    assert (root / "weights" / "krea2-nano-turbo" / "vae").is_symlink()
+    manifest = json.loads((root / "weights" / "manifest.json").read_text())
+    assert manifest["links"]["krea2-nano-turbo/vae"] == "../krea2-nano-raw/vae"
+    assert not any(f.startswith("krea2-nano-turbo/vae/") for f in manifest["files"])
 
 
 def test_manifest_detects_a_changed_file(smoke, tmp_path):
@@ -44,13 +49,18 @@ def test_manifest_detects_a_changed_file(smoke, tmp_path):
 
     root, _ = smoke
     copy = tmp_path / "weights"
-    shutil.copytree(root / "weights", copy)
+    shutil.copytree(root / "weights", copy, symlinks=True)
     assert family.verify(copy) == []
+    followed = tmp_path / "followed"  # what cp -r or a wheel makes of the links: real copies, still intact
+    shutil.copytree(root / "weights", followed)
+    assert not (followed / "krea2-nano-turbo" / "vae").is_symlink() and family.verify(followed) == []
     target = next((copy / "krea2-nano-raw" / "transformer").glob("*.safetensors"))
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
     assert family.verify(copy) == [f"krea2-nano-raw/transformer/{target.name}: sha256 mismatch"]
+    (copy / "krea2-nano-turbo" / "tokenizer").unlink()
+    assert "krea2-nano-turbo/tokenizer: missing (should link to ../krea2-nano-raw/tokenizer)" in family.verify(copy)
 
 
 def test_finished_stages_are_skipped(smoke):

@@ -246,6 +246,12 @@ class Build:
                 "text_encoder_select_layers": list(self.recipe.text.select_layers),
                 "about": "krea2-nano: Krea 2's architecture at nano size, trained on the shapes world",
             })
+        # Raw and Turbo share the VAE, text encoder, tokenizer and scheduler, as in the real release: Turbo's
+        # are relative links to Raw's, so the family stores them once (diffusers follows the links).
+        turbo = self.out / "krea2-nano-turbo"
+        for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+            shutil.rmtree(turbo / part)
+            (turbo / part).symlink_to(Path("..") / "krea2-nano-raw" / part, target_is_directory=True)
         shutil.copytree(self.final / "probe", self.out / "probe")
         shutil.copy(self.final / "world_preview.png", self.out / "world_preview.png")
         manifest = family.write_manifest(self.out)

@@ -44,10 +44,26 @@ def model_dir(name: str) -> Path:
     return NAMES[name]
 
 
+def _walk(root: Path) -> tuple[list[Path], dict[str, str]]:
+    """(real files, links) under root; a linked directory is recorded as a link, not walked twice."""
+    files, links = [], {}
+    for path in sorted(root.iterdir()):
+        if path.is_symlink():
+            links[path.name] = str(path.readlink())
+        elif path.is_dir():
+            sub_files, sub_links = _walk(path)
+            files += sub_files
+            links.update({f"{path.name}/{k}": v for k, v in sub_links.items()})
+        elif path.is_file():
+            files.append(path)
+    return files, links
+
+
 def write_manifest(root: Path) -> dict:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+    files, links = _walk(root)
+    files = [p for p in files if p.name != "manifest.json"]
     manifest = {"files": {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                          for p in files}}
+                          for p in files}, "links": links}
     manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     from weightshop.io import atomic_write_json
 
@@ -65,4 +81,18 @@ def verify(root: Path = WEIGHTS) -> list[str]:
             bad.append(f"{rel}: missing")
         elif sha256_file(path) != meta["sha256"]:
             bad.append(f"{rel}: sha256 mismatch")
+    for rel, target in manifest.get("links", {}).items():
+        link = root / rel
+        if link.is_symlink():
+            if str(link.readlink()) != target or not link.exists():
+                bad.append(f"{rel}: should link to {target}")
+        elif link.is_dir():  # a copy that followed the link (cp -r, a wheel): must equal its target
+            source = (link.parent / target).resolve().relative_to(root.resolve())
+            expected = {k[len(str(source)) + 1:]: v["sha256"] for k, v in manifest["files"].items()
+                        if k.startswith(f"{source}/")}
+            actual = {str(p.relative_to(link)): sha256_file(p) for p in link.rglob("*") if p.is_file()}
+            if actual != expected:
+                bad.append(f"{rel}: differs from {target}")
+        else:
+            bad.append(f"{rel}: missing (should link to {target})")
     return bad
