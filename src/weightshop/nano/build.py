@@ -167,21 +167,22 @@ class Build:
         tokenizer = AutoTokenizer.from_pretrained(self.final / "tokenizer")
         return SharedComponents(vae, encoder, tokenizer, self.recipe.text.select_layers, self.final)
 
-    def _pipeline(self, transformer, checkpoint: str = "raw"):
+    def _pipeline(self, transformer, checkpoint: str = "raw", shared=None):
         from weightshop.models.loading import build_pipeline
         from weightshop.models.spec import KREA2
 
-        return build_pipeline(transformer, self.components(), KREA2.checkpoint(checkpoint))
+        return build_pipeline(transformer, shared or self.components(), KREA2.checkpoint(checkpoint))
 
-    def _fresh_transformer(self):
-        shared = self.components()
+    def _fresh_transformer(self, shared=None):
+        shared = shared or self.components()
         torch.manual_seed(self.recipe.transformer.seed)  # the initial weights are part of the recipe
         return build_transformer(shared.vae.config.z_dim * 4, shared.text_encoder.config.text_config.hidden_size,
                                  len(shared.select_layers), self.recipe.transformer)
 
     def stage_raw(self) -> dict | None:
         r = self.recipe.transformer
-        pipe = self._pipeline(self._fresh_transformer())
+        shared = self.components()
+        pipe = self._pipeline(self._fresh_transformer(shared), shared=shared)
         ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, deadline=self.deadline,
                               progress=self.progress, compile=self.compile)
         if info["step"] < r.steps:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 import weightshop
 from weightshop.errors import WeightshopError
@@ -237,7 +238,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
         p.requires_grad_(True)
     optimizer = _optimizer(params, cfg)
     ema = {k: v.clone() for k, v in lora_state(transformer).items()} if cfg.optim.ema else None
-    atomic_write_text(run / "config.yaml", __import__("yaml").safe_dump(config_dict(cfg), sort_keys=False))
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
     info = _resume(run, transformer, ema, optimizer, cfg, force) or {"step": 0}
     batches = Batches(cached, cfg.schedule.batch_size, cfg.schedule.seed)
     metrics_path = run / "metrics.jsonl"
