@@ -9,6 +9,18 @@ from weightshop.cli.common import quiet_libraries
 quiet_libraries()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine the thread pool's
+    contention made one render 100x slower; one thread also keeps results independent of the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from weightshop.models.tiny import tiny_tokenizer as build

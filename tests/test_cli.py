@@ -20,7 +20,8 @@ def test_help_lists_only_working_commands():
     result = run("--help")
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
-    assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "train", "version"}
+    assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "train", "plan", "lora", "transfer",
+                        "bench", "version"}
     for command in commands:
         assert command in result.stdout
 
@@ -89,4 +90,9 @@ def test_demo_json(tmp_path):
     assert curate["auto_captioned"] == 1 and curate["cache_second_run_encoded"] == 0
     assert (tmp_path / "curate" / "report.html").is_file() and (tmp_path / "curate" / "dataset.json").is_file()
     assert summary["stages"]["generate"]["turbo_speedup"] > 1
+    train = summary["stages"]["train"]
+    assert train["steps"] >= 1 and train["modules_injected_on_turbo"] == train["modules"] > 0
+    transfer = summary["stages"]["transfer"]
+    assert transfer["recommended_strength"] in (0.5, 1.0, 1.5)
+    assert (tmp_path / "transfer" / "transfer.json").is_file() and transfer["comfyui"]
     assert (tmp_path / "report.html").read_text().count("<img") == 1

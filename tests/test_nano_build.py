@@ -193,10 +193,13 @@ def test_demo_runs_on_a_packaged_nano_family(smoke, tmp_path):
     from weightshop.demo import run_demo
 
     root, _ = smoke
-    summary = run_demo(tmp_path, prompts=2, nano_root=root / "weights")
+    summary = run_demo(tmp_path, prompts=2, nano_root=root / "weights", quick=True)
     assert summary["model"] == "krea2-nano"
     rows = summary["stages"]["generate"]["table"]
     assert [r["setting"].split(" (")[0] for r in rows] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
                                                            "nano-Turbo preset"]
     assert all(0.0 <= r["all_correct"] <= 1.0 and "acc_shape" in r for r in rows)
     assert (tmp_path / "report.html").read_text().count("<img") == 1
+    # on a nano family the probe judges the transfer: concept and adherence for every setting
+    transfer = summary["stages"]["transfer"]
+    assert "probe" in transfer["scorers"] and "raw_adherence_drop_points" in transfer["acceptance"]

@@ -1,14 +1,17 @@
 """`weightshop demo`: the loop on the embedded model, one stage after another, ending in one report.
 
 Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table
-and timings on krea2-nano) and curate (a star-concept domain set with planted faults, checked,
-ground-truth captioned and cached twice to show the second run is a no-op). Later stages (curate, train, transfer, evaluate, quantize, serve) each add a
-step here and a section to the report. Without the trained krea2-nano weights (before the first
+and timings on krea2-nano), curate (a star-concept domain set with planted faults, checked,
+ground-truth captioned and cached twice to show the second run is a no-op), train (a star LoRA on Raw
+from that cache, verified on Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw:
+transfer ratio, recommended strength, issue 5's acceptance numbers, a ComfyUI workflow). Later stages
+(evaluate, quantize, serve) each add a step here and a section to the report. Without the trained krea2-nano weights (before the first
 `weightshop nano build`), the demo runs the same path on tiny random-weight components and says so.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,9 +125,88 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress) -> tuple[dict, s
     return summary, body
 
 
+# The demo's LoRA: the held-out star on nano-Raw, sized to train in a few CPU minutes. On the tiny random
+# fallback only the plumbing runs (a handful of steps).
+DEMO_TRAIN = {"lora": {"rank": 16, "targets": "krea-default"},
+              "schedule": {"steps": 300, "batch_size": 8, "seed": 0},
+              "optim": {"lr": 1e-3, "scheduler": "constant", "warmup": 20},
+              "data": {"caption_dropout": 0.1},
+              "output": {"save_every": 100, "keep_last": 2, "name": "star"}}
+TINY_STEPS = 6
+# Issue 5's acceptance targets for the demo LoRA (probe-judged, strength 1.0).
+TARGETS = {"raw_hit_rate": 0.80, "turbo_over_raw": 0.90, "max_adherence_drop_points": 5.0}
+
+
+def _train(pair: ModelPair, workdir: Path, progress: Progress, nano: bool) -> tuple[dict, str]:
+    """Train the star LoRA on Raw from the curate stage's cache (resumes if a previous demo was interrupted)."""
+    from weightshop.train import load_config, train
+
+    base = {**DEMO_TRAIN, "model": {"raw": str(pair.raw.source.transformer), "turbo": str(pair.turbo.source.transformer)},
+            "data": {**DEMO_TRAIN["data"], "manifest": str(workdir / "curate" / "dataset.json"),
+                     "cache": str(workdir / "curate" / "cache")},
+            "output": {**DEMO_TRAIN["output"], "dir": str(workdir / "train" / "star")}}
+    overrides = [] if nano else [f"schedule.steps={TINY_STEPS}", "schedule.batch_size=2"]
+    cfg = load_config(base=base, overrides=overrides)
+    result = train(cfg, progress=lambda label, d, t, m: progress(f"train {label}", d, t))
+    losses = [json.loads(line)["loss"] for line in (Path(result["run"]) / "metrics.jsonl").read_text().splitlines()]
+    summary = {"lora": result["lora"], "steps": result["step"], "modules": result["modules"],
+               "seconds": result["seconds"], "loss_first": losses[0], "loss_last_ema": result["loss_ema"],
+               "modules_injected_on_turbo": result["verified_on"]["modules_injected"]}
+    body = (f"<p>rank {cfg.lora.rank} on {cfg.lora.targets} ({result['modules']} modules), {result['step']} steps of "
+            f"batch {cfg.schedule.batch_size} in {result['seconds']:.0f} s; loss {losses[0]:.3f} -> "
+            f"{result['loss_ema']:.3f} (EMA). Saved in the diffusers layout and reloaded into a fresh Turbo "
+            f"pipeline: {result['verified_on']['modules_injected']} of {result['modules']} modules injected.</p>")
+    return summary, body
+
+
+def acceptance(settings: list[dict]) -> dict:
+    """Issue 5's acceptance numbers from a transfer report's rows (probe scores): concept hit rate on Raw and
+    Turbo with the LoRA at strength 1 (and without), Turbo / Raw, and the drop in adherence on the other
+    attributes that the LoRA causes on each model, in points."""
+    row = {r["label"]: r for r in settings}
+    raw, turbo = row["Raw + LoRA"], row["Turbo + LoRA 1"]
+    raw0, turbo0 = row["Raw alone"], row["Turbo alone"]
+    out = {"raw_hit_rate": raw["concept"], "turbo_hit_rate": turbo["concept"],
+           "raw_hit_rate_before": raw0["concept"], "turbo_hit_rate_before": turbo0["concept"],
+           "turbo_over_raw": turbo["concept"] / raw["concept"] if raw["concept"] else None}
+    if "adherence" in raw:
+        out["raw_adherence_drop_points"] = 100 * (raw0["adherence"] - raw["adherence"])
+        out["turbo_adherence_drop_points"] = 100 * (turbo0["adherence"] - turbo["adherence"])
+        out["passed"] = (out["raw_hit_rate"] >= TARGETS["raw_hit_rate"]
+                         and (out["turbo_over_raw"] or 0) >= TARGETS["turbo_over_raw"]
+                         and max(out["raw_adherence_drop_points"], out["turbo_adherence_drop_points"])
+                         <= TARGETS["max_adherence_drop_points"])
+    return out
+
+
+def _transfer(pair: ModelPair, lora: str, workdir: Path, progress: Progress, nano: bool) -> tuple[dict, str]:
+    """Raw -> Turbo transfer of the demo LoRA: strength sweep, ratio, recommended strength, ComfyUI export."""
+    from weightshop.transfer import run_transfer
+
+    report = run_transfer(lora, pair=pair, concept="star", out_dir=workdir / "transfer",
+                          prompt_count=24 if nano else 4, seeds=(0, 1) if nano else (0,), batch_size=24,
+                          strengths=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75) if nano else (0.5, 1.0, 1.5),
+                          progress=lambda label, d, t: progress(f"transfer {label}", d, t))
+    ratio, strength = report.headline()
+    data = report.as_dict()
+    summary = {"transfer_ratio": ratio, "recommended_strength": strength, "ratio_at_1": report.ratio_at_1,
+               "scorers": report.scorers, "acceptance": acceptance(data["settings"]),
+               "report": str(workdir / "transfer" / "transfer.html"), "comfyui": report.comfyui}
+    body = (f"<p>Transfer ratio (Turbo + LoRA / Raw + LoRA, concept score) "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}'} at the recommended Turbo strength {strength:g}; "
+            f"judged by {', '.join(report.scorers)}. Full report: "
+            f"<a href='transfer/transfer.html'>transfer/transfer.html</a>.</p>"
+            + table_html([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                          for r in data["settings"]])
+            + table_html([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in summary["acceptance"].items()}]))
+    return summary, body
+
+
 def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int = 24,
-             nano_root: Path | None = None) -> dict:
-    """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root)."""
+             nano_root: Path | None = None, quick: bool = False) -> dict:
+    """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root).
+
+    `quick` trains and sweeps at the plumbing size even on krea2-nano (tests of a smoke-built family)."""
     from weightshop.nano import family
 
     workdir = Path(workdir)
@@ -140,12 +222,18 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         model_name = "krea2-tiny-random (plumbing only: run `weightshop nano build` for krea2-nano)"
         pair = load_pair(*ensure_tiny_models(workdir), dtype="fp32")
         generate_summary, body = _generate_tiny(pair, workdir, progress)
+    nano = model_name == "krea2-nano" and not quick
     curate_summary, curate_body = _curate(Path(pair.raw.source.transformer), workdir, progress)
-    summary = {"model": model_name, "stages": {"generate": generate_summary, "curate": curate_summary}}
+    train_summary, train_body = _train(pair, workdir, progress, nano)
+    transfer_summary, transfer_body = _transfer(pair, train_summary["lora"], workdir, progress, nano)
+    summary = {"model": model_name, "stages": {"generate": generate_summary, "curate": curate_summary,
+                                               "train": train_summary, "transfer": transfer_summary}}
     report = write_html(workdir / "report.html", "weightshop demo", [
         ("Model", f"<p>{model_name}</p>"),
         ("Generate: Raw (52 steps, guidance 3.5) vs Turbo (8 steps, no guidance)", body),
         ("Curate: a star-concept set with planted faults (held out of nano-Raw's training)", curate_body),
+        ("Train: a star LoRA on Raw, from the cache", train_body),
+        ("Transfer: the LoRA on Turbo, strength sweep against Raw", transfer_body),
     ])
     summary["seconds"] = time.perf_counter() - start
     summary["report"] = str(report)

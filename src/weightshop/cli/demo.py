@@ -34,4 +34,18 @@ def demo(
     console.print(f"curate: {curate['counts']}; planted faults caught {sum(caught.values())}/{len(caught)} "
                   f"({', '.join(k for k, v in caught.items() if v)}); cache second run "
                   f"{curate['cache_speedup']:.0f}x faster, encoded {curate['cache_second_run_encoded']}")
+    t = summary["stages"]["train"]
+    console.print(f"train: star LoRA, {t['steps']} steps in {t['seconds']:.0f} s, loss {t['loss_first']:.3f} -> "
+                  f"{t['loss_last_ema']:.3f}; {t['modules_injected_on_turbo']}/{t['modules']} modules injected on Turbo")
+    x = summary["stages"]["transfer"]
+    ratio = "n/a" if x["transfer_ratio"] is None else f"{x['transfer_ratio']:.2f}"
+    a = x["acceptance"]
+    what = "star hit rate (probe)" if "probe" in x["scorers"] else "similarity to the training set"
+    console.print(f"transfer: ratio {ratio} at recommended Turbo strength {x['recommended_strength']:g}; "
+                  f"{what}: Raw {a['raw_hit_rate_before']:.0%} -> {a['raw_hit_rate']:.0%}, "
+                  f"Turbo {a['turbo_hit_rate_before']:.0%} -> {a['turbo_hit_rate']:.0%} with the LoRA at strength 1")
+    if "passed" in a:
+        console.print(f"acceptance (issue 5 targets: Raw >= 80 %, Turbo >= 0.9 x Raw, adherence drop <= 5 pts): "
+                      f"{'passed' if a['passed'] else 'NOT met'}; adherence drop Raw "
+                      f"{a['raw_adherence_drop_points']:.1f} pts, Turbo {a['turbo_adherence_drop_points']:.1f} pts")
     console.print(f"report: [bold]{summary['report']}[/]")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 
 from weightshop import __version__
-from weightshop.cli import data, demo, doctor, generate, info, nano, train
+from weightshop.cli import bench, data, demo, doctor, generate, info, lora, nano, plan, train, transfer
 
 app = typer.Typer(
     name="weightshop",
-    help="Own Krea 2 end to end: load Raw and Turbo, generate with the right presets (more stages as they land).",
+    help="Own Krea 2 end to end: curate, train LoRAs on Raw, run them on Turbo, prove the transfer (more stages as they land).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -19,8 +19,12 @@ app.command("info")(info.info)
 app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
+app.command("plan")(plan.plan)
+app.command("transfer")(transfer.transfer)
 app.add_typer(nano.app, name="nano")
+app.add_typer(bench.app, name="bench")
 app.add_typer(data.app, name="data")
+app.add_typer(lora.app, name="lora")
 
 
 @app.command("version")

@@ -25,6 +25,8 @@ def train(
     cfg = load_config(config, set_ or [], preset)
     with step_progress("") as progress:
         result = run(cfg, force=force, stop_after=stop_after, progress=progress)
+    if not result["main"]:  # under accelerate launch, only the main process reports
+        return
     emit(result, as_json)
     if not as_json:
         done = "done" if result["step"] >= result["steps"] else "stopped"

@@ -1,8 +1,11 @@
 """Apply LoRA files to a Krea 2 pipeline and prove every tensor landed.
 
-diffusers' load_lora_weights loads `lora_unet_*`, `model.diffusion_model.*` and bare names as a silent
-no-op (a warning, zero modules changed): the "LoRA does nothing in ComfyUI" complaint in reverse. Here a
-LoRA that does not inject every one of its modules is an error that says which ones were left over.
+Every loading path goes through `apply_loras`: the file is read in whatever layout it ships in
+(diffusers, ComfyUI, ai-toolkit, kohya/musubi; see weightshop.lora.formats), converted to the canonical
+form, checked against the transformer's Linear shapes, and handed to diffusers as a peft state dict with
+alpha folded in. diffusers on its own loads `lora_unet_*`, `model.diffusion_model.*` and bare names as a
+silent no-op (a warning, zero modules changed); here every module of the file must be injected, or the
+load is an error that names what was left over.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightshop.errors import WeightshopError
+from weightshop.lora.files import read_lora_file
+from weightshop.lora.formats import diffusers_state_dict, fit_problems, linear_shapes, load_canonical, parse_key
 
-_A_KEY = re.compile(r"^(?P<module>.+?)\.(lora_A|lora_down)(\.[\w-]+)?\.weight$")
+__all__ = ["AppliedLora", "LoraRequest", "apply_loras", "read_lora_file"]
 
 
 @dataclass(frozen=True)
 class LoraRequest:
     path: Path
     strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
     def parse(cls, text: str) -> "LoraRequest":
@@ -38,68 +46,59 @@ class AppliedLora:
     sha256: str
     strength: float
     modules: int
+    format: str = "diffusers"
 
     def as_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "sha256": self.sha256, "strength": self.strength,
-                "modules": self.modules}
-
-
-def read_lora_file(path: str | Path) -> tuple[dict, dict]:
-    """(tensors, metadata) of a LoRA safetensors file, with clear errors for anything else."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightshopError(f"LoRA file {path} does not exist")
-    if path.suffix != ".safetensors":
-        raise WeightshopError(f"LoRA file {path} is not .safetensors: weightshop never unpickles .bin/.pt/.ckpt")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as e:
-        raise WeightshopError(f"LoRA file {path} is not a readable safetensors file ({e}); is it truncated?") from None
+                "modules": self.modules, "format": self.format}
 
 
 def lora_modules(keys) -> set[str]:
-    """Module names a LoRA file adapts (one per lora_A / lora_down tensor)."""
-    return {m.group("module") for k in keys if (m := _A_KEY.match(k))}
+    """Krea 2 modules (diffusers names) a LoRA file's keys adapt, in any supported layout."""
+    return {parsed[0] for k in keys if (parsed := parse_key(k)) and parsed[0] and parsed[1] == "down"}
 
 
-def _injected(transformer, adapter: str) -> int:
+def injected_modules(transformer, adapter: str) -> set[str]:
+    """Names of the modules of `transformer` that carry adapter `adapter`."""
     from peft.tuners.lora import LoraLayer
 
-    return sum(1 for m in transformer.modules() if isinstance(m, LoraLayer) and adapter in m.lora_A)
+    return {name for name, m in transformer.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
 def apply_loras(pipeline, loras: list[LoraRequest]) -> list[AppliedLora]:
-    """Load each LoRA as its own adapter, verify injection, and activate them at their strengths."""
+    """Load each LoRA as its own adapter, verify injection module by module, and activate them at their strengths."""
     from weightshop.io import cached_sha256
 
+    transformer = pipeline.transformer
     applied = []
     for i, lora in enumerate(loras):
-        tensors, _ = read_lora_file(lora.path)
-        modules = lora_modules(tensors)
-        if not modules:
-            raise WeightshopError(f"LoRA file {lora.path} has no lora_A/lora_B (or lora_down/lora_up) tensors")
-        if any(".lora_down." in k or k.startswith("lora_unet_") for k in tensors):
+        canon = load_canonical(lora.path)
+        problems = fit_problems(canon, linear_shapes(transformer))
+        if problems:
             raise WeightshopError(
-                f"LoRA file {lora.path} is in kohya/musubi layout (lora_down/lora_up/alpha), which diffusers "
-                "cannot load: convert it to the diffusers/peft layout first"
+                f"LoRA file {lora.path} does not fit this Krea 2 transformer ({len(problems)} of its "
+                f"{len(canon.modules)} modules): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+                + ". Is it a LoRA for another model or model size?"
             )
         name = f"lora{i}_{re.sub(r'[^A-Za-z0-9_]', '_', lora.path.stem)}"
+        if name in (pipeline.get_list_adapters().get("transformer") or []):
+            pipeline.delete_adapters(name)  # the same file applied again to this pipeline: replace it
         try:
-            pipeline.load_lora_weights(str(lora.path), adapter_name=name)
+            pipeline.load_lora_weights(diffusers_state_dict(canon), adapter_name=name)
         except (ValueError, RuntimeError, KeyError) as e:
             raise WeightshopError(f"LoRA file {lora.path} does not fit this model: {e}") from None
-        injected = _injected(pipeline.transformer, name)
-        if injected != len(modules):
+        injected = injected_modules(transformer, name)
+        if injected != set(canon.modules):
             if injected:
                 pipeline.delete_adapters(name)
+            left = sorted(set(canon.modules) - injected)
             raise WeightshopError(
-                f"LoRA file {lora.path}: only {injected} of its {len(modules)} modules matched this Krea 2 "
-                f"transformer (e.g. {sorted(modules)[0]}); weightshop refuses a partial or silent no-op load"
+                f"LoRA file {lora.path}: only {len(injected)} of its {len(canon.modules)} modules matched this "
+                f"Krea 2 transformer (not injected: {', '.join(left[:3])}); weightshop refuses a partial or "
+                "silent no-op load"
             )
-        applied.append(AppliedLora(name, str(lora.path), cached_sha256(lora.path), lora.strength, injected))
+        applied.append(AppliedLora(name, str(lora.path), cached_sha256(lora.path), lora.strength, len(injected),
+                                   canon.format))
     if applied:
         pipeline.set_adapters([a.name for a in applied], adapter_weights=[a.strength for a in applied])
     return applied

@@ -67,6 +67,10 @@ class OptimConfig(_Strict):
 class MemoryConfig(_Strict):
     gradient_checkpointing: bool = False
     autocast: Literal["none", "bf16"] = "none"
+    base_dtype: Literal["none", "fp8", "int8", "nf4"] = Field(
+        "none", description="Store the frozen transformer blocks in fp8 (layerwise casting), int8 (torchao) or "
+                            "nf4 (bitsandbytes, CUDA); the LoRA stays fp32.")
+    compile: bool = Field(False, description="Regional torch.compile of the repeated transformer block.")
 
 
 class ValidationConfig(_Strict):
@@ -81,6 +85,7 @@ class OutputConfig(_Strict):
     name: str = "lora"
     save_every: int = Field(100, ge=1)
     keep_last: int = Field(3, ge=1)
+    tensorboard: bool = Field(False, description="Also log scalars to <dir>/tensorboard (needs the tensorboard package).")
 
 
 class TrainConfig(_Strict):
@@ -107,8 +112,10 @@ PRESETS: dict[str, dict] = {
     # A subject needs its identity in the attention and MLPs more than in the timestep path; lower lr.
     "subject": {"lora": {"rank": 16}, "optim": {"lr": 3e-4, "warmup": 50}, "schedule": {"steps": 1200},
                 "data": {"caption_dropout": 0.05}},
-    # 12.8 B on 24 GB: bf16 compute, checkpointed activations, batch 1 with accumulation.
-    "low-vram-24gb": {"memory": {"gradient_checkpointing": True, "autocast": "bf16"}, "model": {"dtype": "bf16"},
+    # 12.8 B on 24 GB: the bf16 base alone is 25.6 GB, so the blocks are stored in fp8 (12.8 GB) and computed
+    # in bf16; checkpointed activations; batch 1 with accumulation.
+    "low-vram-24gb": {"memory": {"gradient_checkpointing": True, "autocast": "bf16", "base_dtype": "fp8"},
+                      "model": {"dtype": "bf16"},
                       "schedule": {"batch_size": 1, "grad_accum": 4}},
 }
 

@@ -17,6 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,15 @@ import weightshop
 from weightshop.errors import WeightshopError
 from weightshop.io import atomic_write_json, atomic_write_text
 from weightshop.models.latents import pack_latents, position_ids
+from weightshop.models.loading import resolve_dtype
 from weightshop.models.schedule import KREA2_SHIFT, noisy_sample, sample_timesteps, velocity_target
 from weightshop.train.config import TrainConfig, config_dict, differences
 from weightshop.train.targets import resolve_targets
 
 ADAPTER = "weightshop"
 # Fields that do not change what is learned; a resume may change them freely.
-RESUME_FREE = ("output.save_every", "output.keep_last", "validation.", "schedule.steps")
+RESUME_FREE = ("output.save_every", "output.keep_last", "output.tensorboard", "validation.", "schedule.steps",
+               "memory.compile")
 
 
 def _lr_scale(step: int, cfg: TrainConfig) -> float:
@@ -80,8 +83,13 @@ class Batches:
         return [files[i] for i in rng.choice(len(files), size=self.batch_size, replace=len(files) < self.batch_size)]
 
 
-def flow_matching_loss(transformer, cached, files: list[str], cfg: TrainConfig, step: int, micro: int) -> torch.Tensor:
-    """Krea 2's objective on one batch from the cache, caption dropout applied from the cached empty caption."""
+def flow_matching_loss(transformer, cached, files: list[str], cfg: TrainConfig, step: int, micro: int,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Krea 2's objective on one batch from the cache, caption dropout applied from the cached empty caption.
+
+    All randomness comes from (seed, step, micro) and is drawn on the CPU, so a batch is the same on any
+    device and in any process; tensors move to `device` afterwards.
+    """
     rng = np.random.default_rng([cfg.schedule.seed, step, micro, 2])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     x0 = torch.stack([cached.latents[f].float() for f in files])
@@ -96,12 +104,13 @@ def flow_matching_loss(transformer, cached, files: list[str], cfg: TrainConfig, 
     noise = torch.randn(x0.shape, generator=gen)
     packed, packed_noise = pack_latents(x0), pack_latents(noise)
     xt = noisy_sample(packed, packed_noise, s.view(-1, 1, 1))
-    ids = position_ids(embeds.shape[1], h // 2, w // 2)
-    dtype = next(transformer.parameters()).dtype
-    with torch.autocast("cpu" if xt.device.type == "cpu" else "cuda", dtype=torch.bfloat16,
-                        enabled=cfg.memory.autocast == "bf16"):
-        v = transformer(xt.to(dtype), embeds.to(dtype), s.to(dtype), ids, mask, return_dict=False)[0]
-    return F.mse_loss(v.float(), velocity_target(packed, packed_noise).float())
+    ids = position_ids(embeds.shape[1], h // 2, w // 2).to(device)
+    dtype = resolve_dtype(cfg.model.dtype)
+    target = velocity_target(packed, packed_noise).float().to(device)
+    xt, embeds, s, mask = xt.to(device, dtype), embeds.to(device, dtype), s.to(device, dtype), mask.to(device)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.memory.autocast == "bf16"):
+        v = transformer(xt, embeds, s, ids, mask, return_dict=False)[0]
+    return F.mse_loss(v.float(), target)
 
 
 def lora_state(transformer) -> dict[str, torch.Tensor]:
@@ -125,7 +134,7 @@ def _checkpoint(run: Path, step: int, transformer, ema: dict | None, optimizer, 
         tensors.update({f"ema.{k}": v for k, v in ema.items()})
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
-    save_file(tensors, str(tmp / "state.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
     atomic_write_json(tmp / "state.json", {"info": info, "optimizer": opt_meta, "rng": rng_state(),
                                            "config": config_dict(cfg)})
     shutil.rmtree(final, ignore_errors=True)
@@ -137,7 +146,8 @@ def _checkpoint(run: Path, step: int, transformer, ema: dict | None, optimizer, 
     return final
 
 
-def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfig, force: bool) -> dict | None:
+def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfig, force: bool,
+            trim_metrics: bool = True) -> dict | None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -161,7 +171,7 @@ def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfi
     set_rng_state(meta["rng"])
     # Steps logged after this checkpoint (a kill between saves) are redone: drop their lines.
     metrics = run / "metrics.jsonl"
-    if metrics.is_file():
+    if trim_metrics and metrics.is_file():
         kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= meta["info"]["step"]]
         atomic_write_text(metrics, "".join(l + "\n" for l in kept))
     return meta["info"]
@@ -180,7 +190,7 @@ def save_lora(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig, na
     tensors = {}
     for key, value in weights.items():
         value = value * scale if ".lora_B." in key and scale != 1 else value
-        tensors[f"transformer.{key.removeprefix('base_model.model.')}"] = value.contiguous()
+        tensors[f"transformer.{key.removeprefix('base_model.model.')}"] = value.detach().cpu().contiguous()
     adapter = {"r": cfg.lora.rank, "lora_alpha": float(cfg.lora.rank), "target_modules": names,
                "lora_dropout": cfg.lora.dropout, "use_dora": cfg.lora.dora}
     metadata = {
@@ -202,14 +212,24 @@ def save_lora(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig, na
 
 def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = None,
           progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
-    """Train (or resume) the run in cfg.output.dir; `stop_after` ends this call early (tests, sittings)."""
+    """Train (or resume) the run in cfg.output.dir; `stop_after` ends this call early (tests, sittings).
+
+    Under `accelerate launch` each of N processes computes micro-batches rank, rank + N, ... of every step
+    and the gradients are averaged, so N processes with grad_accum k take the same step as one process with
+    grad_accum N * k. Only the main process writes checkpoints, metrics, validation and the LoRA.
+    """
+    from accelerate import Accelerator
     from peft import LoraConfig
 
     from weightshop.data import read_manifest
     from weightshop.data.cache import build_cache, load_cache
     from weightshop.data.manifest import manifest_hash
-    from weightshop.models.loading import load_transformer, resolve_dtype, resolve_source, transformer_hash
+    from weightshop.models.loading import load_transformer, resolve_source, transformer_hash
+    from weightshop.train.memory import compile_blocks, store_base
 
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    device = accelerator.device
     run = Path(cfg.output.dir)
     run.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(cfg.data.manifest)
@@ -217,8 +237,10 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     try:
         cached = load_cache(cache_dir, manifest)
     except WeightshopError:
-        build_cache(manifest, cfg.model.raw, cache_dir,
-                    progress=(lambda label, d, t: progress(f"cache {label}", d, t, {})) if progress else None)
+        if main:
+            build_cache(manifest, cfg.model.raw, cache_dir,
+                        progress=(lambda label, d, t: progress(f"cache {label}", d, t, {})) if progress else None)
+        accelerator.wait_for_everyone()
         cached = load_cache(cache_dir, manifest)
 
     # Only the transformer: with a complete cache the VAE and text encoder are never loaded.
@@ -226,26 +248,38 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     torch.manual_seed(cfg.schedule.seed)
     transformer = load_transformer(source, resolve_dtype(cfg.model.dtype))
     transformer.requires_grad_(False)
+    compute = torch.bfloat16 if cfg.memory.autocast == "bf16" else resolve_dtype(cfg.model.dtype)
+    if cfg.memory.base_dtype != "nf4":  # nf4 quantizes on its way to the GPU
+        transformer.to(device)
+    base = store_base(transformer, cfg.memory.base_dtype, compute)
     names = resolve_targets(transformer, cfg.lora.targets, cfg.lora.text_fusion)
     transformer.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                        target_modules=names, use_dora=cfg.lora.dora, init_lora_weights=True),
                             adapter_name=ADAPTER)
+    transformer.to(device)
     if cfg.memory.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
+    if cfg.memory.compile:
+        compile_blocks(transformer)
     optimizer = _optimizer(params, cfg)
     ema = {k: v.clone() for k, v in lora_state(transformer).items()} if cfg.optim.ema else None
-    atomic_write_text(run / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    info = _resume(run, transformer, ema, optimizer, cfg, force) or {"step": 0}
+    if main:
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    info = _resume(run, transformer, ema, optimizer, cfg, force, trim_metrics=main) or {"step": 0}
+    model = accelerator.prepare_model(transformer) if world > 1 else transformer
     batches = Batches(cached, cfg.schedule.batch_size, cfg.schedule.seed)
     metrics_path = run / "metrics.jsonl"
+    writer = _tensorboard(run, info["step"]) if cfg.output.tensorboard and main else None
     target = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
     transformer.train()
-    validator, validations = _validator(cfg), []
+    validator, validations = (_validator(cfg) if main else None), []
     smooth, start = None, time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     while info["step"] < target:
         step = info["step"]
         for group in optimizer.param_groups:
@@ -253,9 +287,14 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(cfg.schedule.grad_accum):
-            loss = flow_matching_loss(transformer, cached, batches.files(step, micro), cfg, step, micro)
-            (loss / cfg.schedule.grad_accum).backward()
+            index = micro * world + rank
+            sync = accelerator.no_sync(model) if world > 1 and micro < cfg.schedule.grad_accum - 1 else nullcontext()
+            with sync:
+                loss = flow_matching_loss(model, cached, batches.files(step, index), cfg, step, index, device)
+                (loss / cfg.schedule.grad_accum).backward()
             total += loss.item() / cfg.schedule.grad_accum
+        if world > 1:
+            total = accelerator.reduce(torch.tensor(total, device=device), "mean").item()
         if cfg.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
         optimizer.step()
@@ -265,19 +304,31 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
                     ema[k].lerp_(v, 1 - cfg.optim.ema)
         info["step"] = step + 1
         smooth = total if smooth is None else 0.95 * smooth + 0.05 * total
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps({"step": info["step"], "loss": total, "loss_ema": smooth,
-                                "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
-        if progress:
-            progress("train", info["step"], target, {"loss": smooth})
-        if info["step"] % cfg.output.save_every == 0 or info["step"] == target:
-            _checkpoint(run, info["step"], transformer, ema, optimizer, info, cfg)
+        if main:
+            row = {"step": info["step"], "loss": total, "loss_ema": smooth, "lr": optimizer.param_groups[0]["lr"],
+                   "time": time.time()}
+            if device.type == "cuda":
+                row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if writer is not None:
+                for key in ("loss", "loss_ema", "lr"):
+                    writer.add_scalar(f"train/{key}", row[key], info["step"])
+            if progress:
+                progress("train", info["step"], target, {"loss": smooth})
+            if info["step"] % cfg.output.save_every == 0 or info["step"] == target:
+                _checkpoint(run, info["step"], transformer, ema, optimizer, info, cfg)
         v = cfg.validation
-        if v.prompts and v.every and info["step"] % v.every == 0 and info["step"] < cfg.schedule.steps:
+        if main and v.prompts and v.every and info["step"] % v.every == 0 and info["step"] < cfg.schedule.steps:
             validations.append(_validate(validator, run, info["step"], transformer, ema, cfg, names, source))
+        if world > 1:
+            accelerator.wait_for_everyone()
+    if writer is not None:
+        writer.close()
     result = {"run": str(run), "step": info["step"], "steps": cfg.schedule.steps, "modules": len(names),
-              "seconds": time.perf_counter() - start, "loss_ema": smooth}
-    if info["step"] < cfg.schedule.steps:
+              "seconds": time.perf_counter() - start, "loss_ema": smooth, "processes": world, "main": main,
+              "base": {k: v for k, v in base.items()}}
+    if info["step"] < cfg.schedule.steps or not main:
         return result
     weights = ema if ema is not None else lora_state(transformer)
     info["trigger"] = manifest.get("trigger")
@@ -290,6 +341,15 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     result["validation"] = validations
     atomic_write_json(run / "validation.json", validations)
     return result
+
+
+def _tensorboard(run: Path, step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise WeightshopError("output.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    # purge_step drops events logged after the checkpoint a resume starts from, as metrics.jsonl is trimmed.
+    return SummaryWriter(str(run / "tensorboard"), purge_step=step + 1 if step else None)
 
 
 def _validator(cfg: TrainConfig):

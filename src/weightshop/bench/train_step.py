@@ -1,0 +1,225 @@
+"""Seconds per training step and peak memory of the LoRA trainer's own step, on random weights.
+
+Speed and memory do not depend on the weight values, so a full-size Krea 2 transformer with random weights
+(built on the meta device, materialised straight on the GPU in bf16) measures what the real 12.8 B
+checkpoint costs, with no download. The step is weightshop's: `flow_matching_loss` from the trainer, the
+frozen base stored by `train.memory.store_base`, peft LoRA on the resolved targets, AdamW, clipping.
+
+    python -m weightshop.bench.train_step --full-size --resolutions 512,1024 --bases bf16,fp8,int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+TEXT_TOKENS = 512  # Krea 2's max_sequence_length: the worst case, as `weightshop plan` assumes
+
+
+@dataclass
+class SyntheticCache:
+    """The shape of weightshop.data.cache.CachedSet, filled with random latents and text features."""
+
+    latents: dict
+    embeds: dict
+    empty: tuple
+    buckets: dict
+
+
+def synthetic_cache(transformer, resolution: int, items: int = 4, text_tokens: int = TEXT_TOKENS,
+                    vae_scale: int = 8) -> SyntheticCache:
+    cfg = transformer.config
+    channels = cfg.in_channels // 4  # packed 2x2 patches of the VAE latent
+    side = resolution // vae_scale
+    gen = torch.Generator().manual_seed(0)
+    latents, embeds = {}, {}
+    text_shape = (text_tokens, cfg.num_text_layers, cfg.text_hidden_dim)
+    for i in range(items):
+        latents[f"i{i}"] = torch.randn(channels, side, side, generator=gen)
+        embeds[f"i{i}"] = (torch.randn(text_shape, generator=gen), torch.ones(text_tokens, dtype=torch.bool))
+    mask = torch.zeros(text_tokens, dtype=torch.bool)
+    mask[:8] = True
+    return SyntheticCache(latents, embeds, (torch.randn(text_shape, generator=gen), mask),
+                          {k: (resolution, resolution) for k in latents})
+
+
+def random_transformer(config: dict | None = None, device: str = "cuda", dtype=torch.bfloat16, seed: int = 0):
+    """A Krea2Transformer2DModel (full size by default) with small random weights, built without a CPU copy."""
+    from accelerate import init_empty_weights
+    from diffusers import Krea2Transformer2DModel
+
+    with init_empty_weights():
+        model = Krea2Transformer2DModel(**(config or {}))
+    model = model.to(dtype).to_empty(device=device)  # never an fp32 copy: 12.8 B in fp32 is 48 GiB
+    keep = set(model._keep_in_fp32_modules or ())
+    for name, module in model.named_modules():  # as from_pretrained(torch_dtype=...) does
+        if name.rsplit(".", 1)[-1] in keep:
+            module.float()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and p.ndim == 1:
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02 / max(1.0, (p.shape[-1] / 1024) ** 0.5), generator=gen)
+        for b in model.buffers():
+            if b.is_floating_point() and not torch.isfinite(b).all():
+                b.zero_()
+    # rotary tables and other non-persistent buffers are recomputed by the module itself
+    return model.eval()
+
+
+def nano_config() -> dict:
+    """krea2-nano's transformer config, from its build recipe (one source of truth)."""
+    from accelerate import init_empty_weights
+
+    from weightshop.nano.build import NanoRecipe
+    from weightshop.nano.pretrain import build_transformer
+
+    r = NanoRecipe()
+    with init_empty_weights():
+        model = build_transformer(r.vae.z_dim * 4, r.text.hidden, len(r.text.select_layers), r.transformer)
+    return {k: v for k, v in model.config.items() if not k.startswith("_")}
+
+
+def measure(resolution: int, base: str, *, config: dict | None = None, device: str = "cuda", steps: int = 5,
+            warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
+            compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS) -> dict:
+    """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`."""
+    from peft import LoraConfig
+
+    from weightshop.train.config import TrainConfig
+    from weightshop.train.memory import compile_blocks, store_base, weight_bytes
+    from weightshop.train.targets import resolve_targets
+    from weightshop.train.trainer import flow_matching_loss
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = random_transformer(config, device, torch.bfloat16)
+    model.requires_grad_(False)
+    store_base(model, "none" if base == "bf16" else base, torch.bfloat16)
+    names = resolve_targets(model, targets)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), adapter_name="bench")
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    if compile:
+        compile_blocks(model)
+    model.train()
+    cfg = TrainConfig.model_validate({"data": {"manifest": "synthetic", "caption_dropout": 0.0},
+                                      "model": {"dtype": "bf16"}, "memory": {"autocast": "bf16"},
+                                      "schedule": {"batch_size": batch_size}})
+    cache = synthetic_cache(model, resolution, items=max(4, batch_size), text_tokens=text_tokens, vae_scale=vae_scale)
+    files = sorted(cache.latents)[:batch_size]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    times, losses = [], []
+    if cuda:  # the training peak, not the one-off cost of building random weights
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = flow_matching_loss(model, cache, files, cfg, step, 0, device)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    result = {
+        "resolution": resolution, "base": base, "checkpointing": checkpointing, "compile": compile,
+        "batch_size": batch_size, "rank": rank, "targets": targets, "lora_modules": len(names),
+        "lora_params": sum(p.numel() for p in params), "base_gib": weight_bytes(model) / 2**30,
+        "s_per_step": sorted(times)[len(times) // 2], "s_per_step_all": times,
+        "grad_norm": grad_norm, "loss_finite": all(torch.isfinite(torch.tensor(losses)).tolist()),
+        "image_tokens": (resolution // vae_scale // 2) ** 2, "text_tokens": text_tokens,
+    }
+    if cuda:
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    del model, optimizer, params, cache
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "bf16,fp8,int8",
+               compile_at: str = "", steps: int = 5, warmup: int = 2, budget_s: float = 420.0,
+               progress=None) -> dict:
+    """Measure every (base, resolution), then the compiled ones; each row also gets its time as a ratio to the
+    first base at the same resolution and compile setting (the baseline of this same run)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)  # comparable across machines; threads fight on a shared 2-core box
+    config = None if full_size else nano_config()
+    if full_size:
+        text_tokens = TEXT_TOKENS
+    else:
+        from weightshop.nano.build import NanoRecipe
+
+        text_tokens = NanoRecipe().text.max_sequence_length
+    sizes = [int(r) for r in resolutions.split(",")]
+    names = [b for b in bases.split(",") if b]
+    plan = [(r, b, False) for b in names for r in sizes] + [(sizes[-1], b, True) for b in compile_at.split(",") if b]
+    began, rows = time.perf_counter(), []
+    for resolution, base, compiled in plan:
+        if time.perf_counter() - began > budget_s:
+            rows.append({"resolution": resolution, "base": base, "compile": compiled, "skipped": "time budget"})
+            continue
+        try:
+            row = measure(resolution, base, config=config, device=device, steps=steps, warmup=warmup,
+                          compile=compiled, vae_scale=8 if full_size else 4, text_tokens=text_tokens)
+        except Exception as e:  # record and go on: one failing mode must not cost the others
+            row = {"resolution": resolution, "base": base, "compile": compiled, "error": f"{type(e).__name__}: {e}"[:400]}
+        rows.append(row)
+        if progress:
+            progress(row)
+    baseline = {(r["resolution"]): r["s_per_step"] for r in rows
+                if r["base"] == names[0] and not r["compile"] and "s_per_step" in r}
+    for r in rows:
+        if "s_per_step" in r and r["resolution"] in baseline:
+            r["ratio"] = r["s_per_step"] / baseline[r["resolution"]]
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+            "full_size": full_size, "baseline": names[0], "rows": rows, "seconds": time.perf_counter() - began}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The GPU check's entry point (scripts/gpu_check.sh): no CLI dependencies beyond argparse."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full-size", action="store_true", help="Full Krea 2 (12.8 B); default: krea2-nano's shape")
+    parser.add_argument("--resolutions", default="512,1024")
+    parser.add_argument("--bases", default="bf16,fp8,int8")
+    parser.add_argument("--compile-at", default="", help="Also measure these bases with regional compile (last)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="Stop starting new configurations after this")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    report = run_matrix(full_size=args.full_size, resolutions=args.resolutions, bases=args.bases,
+                        compile_at=args.compile_at, steps=args.steps, warmup=args.warmup, budget_s=args.budget_s,
+                        progress=lambda row: print(json.dumps(row), flush=True))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Training memory options: a frozen base stored in fp8 / int8, TensorBoard, and data parallel under accelerate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from weightshop.errors import WeightshopError
+from weightshop.train import train
+from weightshop.train.memory import store_base, weight_bytes
+
+from test_train import config, manifest_path  # noqa: F401  (fixture)
+
+
+def _block_linear_bytes(transformer) -> int:
+    return sum(weight_bytes(m) for n, m in transformer.named_modules()
+               if n.startswith("transformer_blocks.") and isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("base, ratio", [("fp8", 4), ("int8", 4)])
+def test_low_precision_base_stores_only_the_blocks_smaller(tiny_dirs, base, ratio):
+    from weightshop.models.loading import load_transformer, resolve_source
+
+    model = load_transformer(resolve_source(str(tiny_dirs[0]), None, "raw"))
+    blocks, outside = _block_linear_bytes(model), weight_bytes(model.img_in)
+    store_base(model, base, torch.float32)
+    # fp32 -> 1 byte per weight (+ int8's per-channel scales: 1/in_features extra, 12 % at width 32)
+    assert _block_linear_bytes(model) <= blocks / ratio * 1.15
+    assert weight_bytes(model.img_in) == outside
+    assert model.img_in.weight.dtype == torch.float32
+
+
+def test_nf4_on_cpu_and_an_unknown_base_are_refused(tiny_dirs):
+    from weightshop.models.loading import load_transformer, resolve_source
+
+    model = load_transformer(resolve_source(str(tiny_dirs[0]), None, "raw"))
+    if not torch.cuda.is_available():
+        with pytest.raises(WeightshopError, match="nf4 needs bitsandbytes on a CUDA GPU"):
+            store_base(model, "nf4", torch.float32)
+    with pytest.raises(WeightshopError, match="expected one of none, fp8, int8, nf4"):
+        store_base(model, "fp4", torch.float32)
+
+
+@pytest.mark.parametrize("base", ["fp8", "int8"])
+def test_training_on_a_low_precision_base_tracks_the_full_precision_run(tiny_dirs, manifest_path, tmp_path, base):
+    full = train(config(tiny_dirs, manifest_path, tmp_path / "full"))
+    low = train(config(tiny_dirs, manifest_path, tmp_path / base, **{"memory.base_dtype": base}))
+    lf = [json.loads(l)["loss"] for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    ll = [json.loads(l)["loss"] for l in (tmp_path / base / "metrics.jsonl").read_text().splitlines()]
+    # same batches, same noise: only the base weights' rounding differs
+    assert ll == pytest.approx(lf, rel=0.1)
+    assert ll != lf
+    assert low["base"]["bytes_after"] < 0.8 * low["base"]["bytes_before"]  # tiny: embedders are a big share
+    # the LoRA is trained in fp32 and loads into a full-precision Turbo like any other
+    assert low["verified_on"]["modules_injected"] == full["modules"]
+    with safe_open(low["lora"], "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+
+
+def test_tensorboard_logs_the_same_scalars_and_resume_does_not_duplicate(tiny_dirs, manifest_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(tiny_dirs, manifest_path, tmp_path / "run", **{"output.tensorboard": True})
+    train(cfg, stop_after=2)
+    train(cfg)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    logged = {e.step: e.value for e in acc.Scalars("train/loss")}
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(logged) == [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [logged[r["step"]] for r in rows] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+def test_two_processes_under_accelerate_equal_one_process_with_accumulation(tiny_dirs, manifest_path, tmp_path):
+    common = [f"model.raw={tiny_dirs[0]}", f"model.turbo={tiny_dirs[1]}", f"data.manifest={manifest_path}",
+              "lora.rank=4", "lora.targets=attention", "schedule.steps=3", "schedule.batch_size=1",
+              "data.caption_dropout=0.2"]
+    one = train(config(tiny_dirs, manifest_path, tmp_path / "one",
+                       **{"schedule.batch_size": 1, "schedule.steps": 3, "schedule.grad_accum": 2}))
+    sets = [f"--set={s}" for s in common + ["schedule.grad_accum=1", f"output.dir={tmp_path / 'two'}"]]
+    # accelerate's --multi_gpu launcher (torchrun) on a machine without CUDA runs MULTI_CPU over gloo
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "weightshop.cli.main", "train", *sets, "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["processes"] == 2 and result["step"] == 3
+    with safe_open(one["lora"], "pt") as fa, safe_open(result["lora"], "pt") as fb:
+        assert sorted(fa.keys()) == sorted(fb.keys())
+        for k in fa.keys():
+            assert torch.allclose(fa.get_tensor(k), fb.get_tensor(k), atol=1e-6), k
+
+
+def test_bench_train_measures_every_base_with_ratios_to_the_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from weightshop.cli.main import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "train", "--resolutions", "32", "--bases", "bf16,fp8",
+                                      "--steps", "1", "--warmup", "0", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {r["base"]: r for r in report["rows"]}
+    assert rows["bf16"]["ratio"] == 1.0 and rows["fp8"]["ratio"] > 0
+    assert rows["fp8"]["base_gib"] < rows["bf16"]["base_gib"]  # the blocks stored in one byte, not two
+    assert all(r["grad_norm"] > 0 and r["loss_finite"] for r in rows.values())  # the LoRA really trains
