@@ -53,15 +53,6 @@ def write_diffusers_original(canon: CanonicalLora, path):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on one thread: ~100x faster than the default pool on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_dirs):
     return load_model(tiny_dirs[0], dtype="fp32")

@@ -18,14 +18,6 @@ from weightshop.models.loading import load_model
 from test_lora_formats import make_lora
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lora_files(tiny_dirs, tmp_path_factory):
     """Two LoRAs on the tiny transformer (mixed ranks 4 / 2, alpha != rank), in kohya and comfyui layouts."""

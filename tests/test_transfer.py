@@ -36,15 +36,6 @@ def write_lora(path, transformer, rank=2, scale=0.5, rename=None, seed=0):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine contended threads made them 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pair(tiny_dirs):
     from weightshop.models.loading import load_pair

@@ -94,12 +94,9 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
             warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
             compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS) -> dict:
     """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`."""
-    from peft import LoraConfig
-
     from weightshop.train.config import TrainConfig
     from weightshop.train.memory import compile_blocks, store_base, weight_bytes
-    from weightshop.train.targets import resolve_targets
-    from weightshop.train.trainer import flow_matching_loss
+    from weightshop.train.trainer import add_lora, flow_matching_loss
 
     cuda = device.startswith("cuda")
     if cuda:
@@ -108,20 +105,14 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
     model = random_transformer(config, device, torch.bfloat16)
     model.requires_grad_(False)
     store_base(model, "none" if base == "bf16" else base, torch.bfloat16)
-    names = resolve_targets(model, targets)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), adapter_name="bench")
-    params = [p for n, p in model.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
-    if checkpointing:
-        model.enable_gradient_checkpointing()
+    cfg = TrainConfig.model_validate({"data": {"manifest": "synthetic", "caption_dropout": 0.0},
+                                      "model": {"dtype": "bf16"}, "memory": {"autocast": "bf16",
+                                                                             "gradient_checkpointing": checkpointing},
+                                      "lora": {"rank": rank, "targets": targets}, "schedule": {"batch_size": batch_size}})
+    names, params = add_lora(model, cfg, device)
     if compile:
         compile_blocks(model)
     model.train()
-    cfg = TrainConfig.model_validate({"data": {"manifest": "synthetic", "caption_dropout": 0.0},
-                                      "model": {"dtype": "bf16"}, "memory": {"autocast": "bf16"},
-                                      "schedule": {"batch_size": batch_size}})
     cache = synthetic_cache(model, resolution, items=max(4, batch_size), text_tokens=text_tokens, vae_scale=vae_scale)
     files = sorted(cache.latents)[:batch_size]
     optimizer = torch.optim.AdamW(params, lr=1e-4)

@@ -710,12 +710,10 @@ def measure_training_step(shape: ModelShape, settings: RunSettings, height: int,
 
     import torch
     from diffusers import Krea2Transformer2DModel
-    from peft import LoraConfig
 
     from weightshop.models.loading import DTYPES, _cast
     from weightshop.train.config import load_config
-    from weightshop.train.targets import resolve_targets
-    from weightshop.train.trainer import _optimizer, flow_matching_loss, lora_state
+    from weightshop.train.trainer import _optimizer, add_lora, flow_matching_loss, lora_state
 
     width = width or height
     cfg = load_config(base={
@@ -735,16 +733,7 @@ def measure_training_step(shape: ModelShape, settings: RunSettings, height: int,
             model.to(device)
         store_base(model, settings.base_dtype, torch.bfloat16 if settings.autocast == "bf16"
                    else DTYPES[settings.model_dtype])
-    names = resolve_targets(model, cfg.lora.targets, cfg.lora.text_fusion)
-    model.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 target_modules=names, init_lora_weights=True), adapter_name="weightshop")
-    model.to(device)
-    if cfg.memory.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    params = [p for n, p in model.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
+    names, params = add_lora(model, cfg, device)
     optimizer = _optimizer(params, cfg)
     ema = {k: v.clone() for k, v in lora_state(model).items()} if settings.ema else None
     c = shape.config

@@ -210,6 +210,25 @@ def save_lora(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig, na
     return path
 
 
+def add_lora(transformer, cfg: TrainConfig, device) -> tuple[list[str], list[torch.nn.Parameter]]:
+    """The run's peft LoRA on its resolved targets, trainable in fp32 on `device`; checkpointing if asked.
+    Used by the trainer, `weightshop plan`'s measurements and the benchmarks, so all three run one setup."""
+    from peft import LoraConfig
+
+    names = resolve_targets(transformer, cfg.lora.targets, cfg.lora.text_fusion)
+    transformer.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                       target_modules=names, use_dora=cfg.lora.dora, init_lora_weights=True),
+                            adapter_name=ADAPTER)
+    transformer.to(device)
+    if cfg.memory.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return names, params
+
+
 def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = None,
           progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
     """Train (or resume) the run in cfg.output.dir; `stop_after` ends this call early (tests, sittings).
@@ -219,7 +238,6 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     grad_accum N * k. Only the main process writes checkpoints, metrics, validation and the LoRA.
     """
     from accelerate import Accelerator
-    from peft import LoraConfig
 
     from weightshop.data import read_manifest
     from weightshop.data.cache import build_cache, load_cache
@@ -252,17 +270,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     if cfg.memory.base_dtype != "nf4":  # nf4 quantizes on its way to the GPU
         transformer.to(device)
     base = store_base(transformer, cfg.memory.base_dtype, compute)
-    names = resolve_targets(transformer, cfg.lora.targets, cfg.lora.text_fusion)
-    transformer.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                       target_modules=names, use_dora=cfg.lora.dora, init_lora_weights=True),
-                            adapter_name=ADAPTER)
-    transformer.to(device)
-    if cfg.memory.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
+    names, params = add_lora(transformer, cfg, device)
     if cfg.memory.compile:
         compile_blocks(transformer)
     optimizer = _optimizer(params, cfg)
