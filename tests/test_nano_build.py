@@ -19,7 +19,8 @@ def smoke(tmp_path_factory):
 
 def test_every_stage_runs_and_is_recorded(smoke):
     root, record = smoke
-    assert list(record["stages"]) == ["world", "vae", "text", "probe", "raw", "turbo", "package", "card"]
+    assert list(record["stages"]) == ["world", "vae", "text", "probe", "raw", "raw_tune", "turbo", "package",
+                                     "card"]
     assert (root / "weights" / "MODEL_CARD.md").read_text().count("| nano-") == 3
     quality = json.loads((root / "weights" / "quality.json").read_text())
     assert [r["setting"].split(" (")[0] for r in quality["rows"]] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
@@ -67,6 +68,23 @@ def test_finished_stages_are_skipped(smoke):
     root, record = smoke
     again = run_build(root / "work", root / "weights", smoke=True)
     assert again["stages"]["raw"]["finished"] == record["stages"]["raw"]["finished"]
+
+
+def test_redo_forgets_a_stage_and_every_later_one(smoke, tmp_path):
+    import shutil
+
+    root, record = smoke
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work, symlinks=True)
+    assert (work / "turbo_state.json").is_file()
+    build = Build(work, tmp_path / "weights", smoke_recipe(), redo="turbo")
+    assert set(build.record["stages"]) == {"world", "vae", "text", "probe", "raw", "raw_tune"}
+    assert "turbo" not in build.record["started"] and not (work / "turbo_state.json").exists()
+    again = build.run()
+    assert {"turbo", "package", "card"} <= set(again["stages"])
+    assert again["stages"]["raw_tune"]["finished"] == record["stages"]["raw_tune"]["finished"]
+    with pytest.raises(Exception, match="expected one of world"):
+        Build(work, tmp_path / "weights", smoke_recipe(), redo="polish")
 
 
 def test_raw_pretraining_resumes_exactly(smoke, tmp_path):

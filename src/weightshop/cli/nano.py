@@ -20,9 +20,10 @@ def build(
     stage: list[str] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
     hours: float = typer.Option(None, help="Stop long stages after this many hours; rerun to resume."),
     smoke: bool = typer.Option(False, help="Every stage for a few steps at toy sizes (a check, not a model)."),
+    redo: str = typer.Option(None, help="Forget this stage and every later one (their state too), then run."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
+    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Raw tune -> Turbo -> package -> card.
 
     Resumable: finished stages are skipped, an interrupted stage continues from its last save.
     """
@@ -34,7 +35,7 @@ def build(
     if unknown:
         raise WeightshopError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(STAGES)}")
     with step_progress("") as progress:
-        record = run_build(workdir, out, stages, smoke=smoke, hours=hours,
+        record = run_build(workdir, out, stages, smoke=smoke, hours=hours, redo=redo,
                            progress=lambda label, d, t, m: progress(label, d, t, m))
     emit(record, as_json)
     if not as_json:

@@ -22,15 +22,16 @@ import torch
 from weightshop.io import atomic_write_json
 from weightshop.nano import family, world
 from weightshop.nano.distill import DistillRecipe, distill_turbo
-from weightshop.nano.pretrain import TransformerRecipe, build_transformer, scene_from_json, train_raw
+from weightshop.nano.pretrain import (RawTuneRecipe, TransformerRecipe, build_transformer, scene_from_json, train_raw,
+                                      tune_raw)
 from weightshop.nano.probe import ProbeRecipe, clean_accuracy, train_probe
 from weightshop.nano.text import TextRecipe, build_tokenizer, train_text_encoder
 from weightshop.nano.vae import VaeRecipe, latent_stats, psnr, render_batch, train_vae
 
-STAGES = ("world", "vae", "text", "probe", "raw", "turbo", "package", "card")
+STAGES = ("world", "vae", "text", "probe", "raw", "raw_tune", "turbo", "package", "card")
 Progress = Callable[[str, int, int, dict], None]
 # Which part of the recipe each stage's result depends on.
-STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "turbo": "distill",
+STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "raw_tune": "raw_tune", "turbo": "distill",
                 "card": "eval_prompts"}
 
 
@@ -39,6 +40,7 @@ class NanoRecipe:
     vae: VaeRecipe = field(default_factory=VaeRecipe)
     text: TextRecipe = field(default_factory=TextRecipe)
     transformer: TransformerRecipe = field(default_factory=TransformerRecipe)
+    raw_tune: RawTuneRecipe = field(default_factory=RawTuneRecipe)
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     probe: ProbeRecipe = field(default_factory=ProbeRecipe)
     eval_prompts: int = 100
@@ -57,6 +59,7 @@ def smoke_recipe() -> NanoRecipe:
                                       axes_dims_rope=(4, 6, 6), timestep_embed_dim=32, text_heads=2,
                                       text_intermediate=32, fusion_blocks=(1, 1), dataset_scenes=32, batch=4,
                                       steps=2, warmup=1),
+        raw_tune=RawTuneRecipe(steps=2, batch=4, warmup=1),
         distill=DistillRecipe(substeps=1, batch=2, trajectories=1),
         probe=ProbeRecipe(width=8, batch=8, steps=2),
         eval_prompts=2, eval_seeds=(0,),
@@ -65,7 +68,8 @@ def smoke_recipe() -> NanoRecipe:
 
 class Build:
     def __init__(self, workdir: Path, out: Path = family.WEIGHTS, recipe: NanoRecipe | None = None,
-                 progress: Progress | None = None, deadline: float | None = None, compile: bool = False):
+                 progress: Progress | None = None, deadline: float | None = None, compile: bool = False,
+                 redo: str | None = None):
         self.workdir = Path(workdir)
         self.final = self.workdir / "final"
         self.out = Path(out)
@@ -78,6 +82,8 @@ class Build:
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {"stages": {}}
         self.record.setdefault("started", {})
         self.record["recipe"] = json.loads(json.dumps(asdict(self.recipe)))
+        if redo:
+            self.redo(redo)
         for stage, part in self.record["started"].items():
             if part != self.stage_recipe(stage):
                 from weightshop.errors import WeightshopError
@@ -191,6 +197,33 @@ class Build:
         return {"steps": info["step"], "samples": info["step"] * r.batch,
                 "final_loss": info["history"][-1]["loss"] if info["history"] else None}
 
+    def stage_raw_tune(self) -> dict | None:
+        r = self.recipe.raw_tune
+        shared = self.components()
+        pipe = self._pipeline(self._load_transformer("raw_transformer"), shared=shared)
+        ema, info = tune_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, self.recipe.size,
+                             deadline=self.deadline, progress=self.progress, compile=self.compile)
+        if info["step"] < r.steps:
+            return None
+        ema.save_pretrained(self.final / "raw_tuned_transformer")
+        return {"steps": info["step"], "samples": info["step"] * r.batch, "timesteps": r.timesteps,
+                "final_loss": info["history"][-1]["loss"] if info["history"] else None}
+
+    def redo(self, stage: str) -> list[str]:
+        """Forget `stage` and every stage after it (their saved state too), so the next run redoes them."""
+        from weightshop.errors import WeightshopError
+
+        if stage not in STAGES:
+            raise WeightshopError(f"--redo {stage!r}: expected one of {', '.join(STAGES)}")
+        later = list(STAGES[STAGES.index(stage):])
+        for name in later:
+            self.record["stages"].pop(name, None)
+            self.record["started"].pop(name, None)
+            for suffix in (".json", ".safetensors"):
+                (self.workdir / f"{name}_state{suffix}").unlink(missing_ok=True)
+        atomic_write_json(self.record_path, self.record)
+        return later
+
     def _load_transformer(self, name: str):
         from diffusers import Krea2Transformer2DModel
 
@@ -201,7 +234,7 @@ class Build:
 
     def stage_turbo(self) -> dict | None:
         r = self.recipe.distill
-        teacher = self._load_transformer("raw_transformer")
+        teacher = self._load_transformer("raw_tuned_transformer")
         pipe = self._pipeline(teacher)
         scale = pipe.vae_scale_factor
         shape = (pipe.vae.config.z_dim, self.recipe.size // scale, self.recipe.size // scale)
@@ -236,7 +269,7 @@ class Build:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[self.recipe.weights_dtype]
         if self.out.exists():
             shutil.rmtree(self.out)
-        for checkpoint, name in (("raw", "raw_transformer"), ("turbo", "turbo_transformer")):
+        for checkpoint, name in (("raw", "raw_tuned_transformer"), ("turbo", "turbo_transformer")):
             target = self.out / f"krea2-nano-{checkpoint}"
             pipe = self._pipeline(self._load_transformer(name), checkpoint)
             pipe.transformer.to(dtype)
@@ -265,10 +298,12 @@ class Build:
 
 
 def run_build(workdir: str | Path, out: str | Path | None = None, stages: tuple[str, ...] = STAGES,
-              smoke: bool = False, hours: float | None = None, progress: Progress | None = None) -> dict:
+              smoke: bool = False, hours: float | None = None, progress: Progress | None = None,
+              redo: str | None = None) -> dict:
     recipe = smoke_recipe() if smoke else NanoRecipe()
     deadline = time.time() + hours * 3600 if hours else None
     # torch.compile pays off over hours of training, never in a few smoke steps.
-    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline, compile=not smoke)
+    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline, compile=not smoke,
+                  redo=redo)
     return build.run(stages)
 
