@@ -166,6 +166,24 @@ def flow_loss(transformer, cond: Conditioner, x0: torch.Tensor, embeds, mask, s:
     return F.mse_loss(v.float(), velocity_target(packed, noise).float())
 
 
+def captioned_batch_loss(forward, cond: Conditioner, scenes: list, latents: torch.Tensor, key: list[int], batch: int,
+                         caption_dropout: float, timesteps) -> tuple[torch.Tensor, dict]:
+    """One pretraining batch: scenes, fresh caption phrasings (dropped to "" at caption_dropout), timesteps from
+    `timesteps(n, generator)`, noise. Everything derives from `key` (seed, step, stage), so a resumed run repeats
+    an uninterrupted one exactly."""
+    rng = np.random.default_rng(key)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    idx = rng.integers(len(scenes), size=batch)
+    captions = ["" if rng.random() < caption_dropout else world.caption(scenes[i], int(rng.integers(2**31)))
+                for i in idx]
+    embeds, mask = cond.text(captions)
+    x0 = cond.normalise(latents[torch.from_numpy(idx)].float())
+    s = timesteps(batch, gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return flow_loss(forward, cond, x0, embeds, mask, s, noise), {}
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -193,18 +211,8 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
     forward = torch.compile(model) if compile else model
 
     def step_loss(step: int):
-        # Everything random in step k derives from (seed, k): a resumed run repeats an uninterrupted one exactly.
-        rng = np.random.default_rng([recipe.seed, step, 5])
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        idx = rng.integers(len(scenes), size=recipe.batch)
-        captions = ["" if rng.random() < recipe.caption_dropout else world.caption(scenes[i], int(rng.integers(2**31)))
-                    for i in idx]
-        embeds, mask = cond.text(captions)
-        x0 = cond.normalise(latents[torch.from_numpy(idx)].float())
-        s = sample_timesteps(recipe.batch, "logit_normal", generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return flow_loss(forward, cond, x0, embeds, mask, s, noise), {}
+        return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 5], recipe.batch,
+                                    recipe.caption_dropout, lambda n, gen: sample_timesteps(n, "logit_normal", generator=gen))
 
     info = run_loop("raw", workdir / "raw_state", {"model": model, "ema": ema}, opt, recipe.steps, recipe.lr,
                     lambda step: warmup_cosine(step, recipe.steps, recipe.warmup, decay_from=0.8), step_loss,
@@ -233,17 +241,9 @@ def tune_raw(workdir: Path, pipe, max_sequence_length: int, recipe: RawTuneRecip
     mu = KREA2_SHIFT.mu(tokens)
 
     def step_loss(step: int):
-        rng = np.random.default_rng([recipe.seed, step, 7])
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        idx = rng.integers(len(scenes), size=recipe.batch)
-        captions = ["" if rng.random() < recipe.caption_dropout else world.caption(scenes[i], int(rng.integers(2**31)))
-                    for i in idx]
-        embeds, mask = cond.text(captions)
-        x0 = cond.normalise(latents[torch.from_numpy(idx)].float())
-        s = sample_timesteps(recipe.batch, recipe.timesteps, generator=gen, mu=mu)
-        noise = torch.randn(x0.shape, generator=gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return flow_loss(forward, cond, x0, embeds, mask, s, noise), {}
+        return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 7], recipe.batch,
+                                    recipe.caption_dropout,
+                                    lambda n, gen: sample_timesteps(n, recipe.timesteps, generator=gen, mu=mu))
 
     info = run_loop("raw_tune", workdir / "raw_tune_state", {"model": model, "ema": ema}, opt, recipe.steps, recipe.lr,
                     lambda step: min(1.0, (step + 1) / recipe.warmup), step_loss, max_steps=max_steps,
