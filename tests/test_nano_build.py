@@ -124,7 +124,6 @@ def test_probe_training_resumes_exactly(tmp_path):
 
 
 def test_a_started_stage_with_another_recipe_is_refused(smoke, tmp_path):
-
     from weightshop.errors import WeightshopError
 
     root, _ = smoke
