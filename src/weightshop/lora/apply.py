@@ -16,7 +16,7 @@ from pathlib import Path
 
 from weightshop.errors import WeightshopError
 from weightshop.lora.files import read_lora_file
-from weightshop.lora.formats import diffusers_state_dict, fit_problems, linear_shapes, load_canonical, parse_key
+from weightshop.lora.formats import diffusers_state_dict, fit_problems, linear_shapes, load_canonical
 
 __all__ = ["AppliedLora", "LoraRequest", "apply_loras", "read_lora_file"]
 
@@ -51,11 +51,6 @@ class AppliedLora:
     def as_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "sha256": self.sha256, "strength": self.strength,
                 "modules": self.modules, "format": self.format}
-
-
-def lora_modules(keys) -> set[str]:
-    """Krea 2 modules (diffusers names) a LoRA file's keys adapt, in any supported layout."""
-    return {parsed[0] for k in keys if (parsed := parse_key(k)) and parsed[0] and parsed[1] == "down"}
 
 
 def injected_modules(transformer, adapter: str) -> set[str]:

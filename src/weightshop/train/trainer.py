@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
         writer.close()
     result = {"run": str(run), "step": info["step"], "steps": cfg.schedule.steps, "modules": len(names),
               "seconds": time.perf_counter() - start, "loss_ema": smooth, "processes": world, "main": main,
-              "base": {k: v for k, v in base.items()}}
+              "base": base}
     if info["step"] < cfg.schedule.steps or not main:
         return result
     weights = ema if ema is not None else lora_state(transformer)

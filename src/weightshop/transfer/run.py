@@ -101,11 +101,10 @@ def _lora_info(path: Path) -> dict:
     import json
 
     from weightshop.io import cached_sha256
-    from weightshop.lora.apply import lora_modules, read_lora_file
+    from weightshop.lora.formats import load_canonical
 
-    tensors, metadata = read_lora_file(path)
-    if not lora_modules(tensors):
-        raise WeightshopError(f"LoRA file {path} has no lora_A/lora_B (or lora_down/lora_up) tensors")
+    # the one LoRA reader: any layout, and the same errors as every other load (no LoRA tensors, truncated, ...)
+    metadata = load_canonical(path).metadata
     try:
         info = json.loads(metadata.get("weightshop", "{}"))
     except json.JSONDecodeError:
