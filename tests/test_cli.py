@@ -79,7 +79,7 @@ def test_info_json(tiny_dirs):
 
 
 def test_demo_json(tmp_path):
-    result = run("demo", "--workdir", tmp_path, "--json")
+    result = run("demo", "--workdir", tmp_path, "--json", "--quick")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     rows = summary["stages"]["generate"]["table"]

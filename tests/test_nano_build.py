@@ -21,8 +21,7 @@ def smoke(tmp_path_factory):
 
 def test_every_stage_runs_and_is_recorded(smoke):
     root, record = smoke
-    assert list(record["stages"]) == ["world", "vae", "text", "probe", "raw", "raw_tune", "turbo", "package",
-                                     "card"]
+    assert list(record["stages"]) == ["world", "vae", "text", "probe", "raw", "turbo", "package", "card"]
     assert (root / "weights" / "MODEL_CARD.md").read_text().count("| nano-") == 3
     quality = json.loads((root / "weights" / "quality.json").read_text())
     assert [r["setting"].split(" (")[0] for r in quality["rows"]] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
@@ -80,11 +79,11 @@ def test_redo_forgets_a_stage_and_every_later_one(smoke, tmp_path):
     shutil.copytree(root / "work", work, symlinks=True)
     assert (work / "turbo_state.json").is_file()
     build = Build(work, tmp_path / "weights", smoke_recipe(), redo="turbo")
-    assert set(build.record["stages"]) == {"world", "vae", "text", "probe", "raw", "raw_tune"}
+    assert set(build.record["stages"]) == {"world", "vae", "text", "probe", "raw"}
     assert "turbo" not in build.record["started"] and not (work / "turbo_state.json").exists()
     again = build.run()
     assert {"turbo", "package", "card"} <= set(again["stages"])
-    assert again["stages"]["raw_tune"]["finished"] == record["stages"]["raw_tune"]["finished"]
+    assert again["stages"]["raw"]["finished"] == record["stages"]["raw"]["finished"]
     with pytest.raises(Exception, match="expected one of world"):
         Build(work, tmp_path / "weights", smoke_recipe(), redo="polish")
 
@@ -238,3 +237,18 @@ def test_the_recipes_text_encoder_keeps_words_apart(tmp_path):
     assert min(colour, shape) > 0.15
     # and the measure itself is sensitive: identical words give zero
     assert word_separation(encoder, tokenizer, recipe.select_layers, words=("red", "red")) == 0.0
+
+
+def test_a_workdir_without_its_caches_samples_the_same_scenes(smoke, tmp_path):
+    """A build carried to another machine without raw_scenes.json / raw_latents.safetensors (hundreds of MB)
+    resumes Turbo on the very scenes Raw was trained on."""
+    import shutil
+
+    root, _ = smoke
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work, symlinks=True)
+    build = Build(work, tmp_path / "weights", smoke_recipe())
+    cached = build._scenes()
+    (work / "raw_scenes.json").unlink()
+    again = build._scenes()
+    assert len(again) == smoke_recipe().transformer.dataset_scenes and again == cached

@@ -206,7 +206,7 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
              nano_root: Path | None = None, quick: bool = False) -> dict:
     """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root).
 
-    `quick` trains and sweeps at the plumbing size even on krea2-nano (tests of a smoke-built family)."""
+    `quick` generates, trains and sweeps at the plumbing size even on krea2-nano (`--quick`, the tests)."""
     from weightshop.nano import family
 
     workdir = Path(workdir)
@@ -217,7 +217,7 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         model_name = "krea2-nano"
         raw_dir, turbo_dir, probe_dir = family.paths(root)
         pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
-        generate_summary, body = _generate_nano(pair, probe_dir, workdir, progress, prompts)
+        generate_summary, body = _generate_nano(pair, probe_dir, workdir, progress, min(prompts, 2) if quick else prompts)
     else:
         model_name = "krea2-tiny-random (plumbing only: run `weightshop nano build` for krea2-nano)"
         pair = load_pair(*ensure_tiny_models(workdir), dtype="fp32")

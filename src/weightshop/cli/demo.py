@@ -11,13 +11,15 @@ from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_prog
 @guarded
 def demo(
     workdir: Path = typer.Option(Path("weightshop-out/demo"), help="Where models, images and the report go."),
+    quick: bool = typer.Option(False, "--quick", help="Every stage at plumbing size (2 prompts, a few training "
+                               "steps): checks the loop runs in about a minute; its figures mean nothing."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the loop on the embedded model, offline on CPU, and print where the report is."""
     from weightshop.demo import run_demo
 
     with step_progress("demo") as progress:
-        summary = run_demo(workdir, progress)
+        summary = run_demo(workdir, progress, quick=quick)
     emit(summary, as_json)
     table = Table(title=f"generate on {summary['model']}")
     rows = summary["stages"]["generate"]["table"]

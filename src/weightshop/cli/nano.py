@@ -23,7 +23,7 @@ def build(
     redo: str = typer.Option(None, help="Forget this stage and every later one (their state too), then run."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Raw tune -> Turbo -> package -> card.
+    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
 
     Resumable: finished stages are skipped, an interrupted stage continues from its last save.
     """

@@ -22,16 +22,16 @@ import torch
 from weightshop.io import atomic_write_json
 from weightshop.nano import family, world
 from weightshop.nano.distill import DistillRecipe, distill_turbo
-from weightshop.nano.pretrain import (RawTuneRecipe, TransformerRecipe, build_transformer, scene_from_json, train_raw,
-                                      tune_raw)
+from weightshop.nano.pretrain import (TransformerRecipe, build_transformer, pretraining_scenes, scene_from_json,
+                                      train_raw)
 from weightshop.nano.probe import ProbeRecipe, clean_accuracy, train_probe
 from weightshop.nano.text import TextRecipe, build_tokenizer, train_text_encoder
 from weightshop.nano.vae import VaeRecipe, latent_stats, psnr, render_batch, train_vae
 
-STAGES = ("world", "vae", "text", "probe", "raw", "raw_tune", "turbo", "package", "card")
+STAGES = ("world", "vae", "text", "probe", "raw", "turbo", "package", "card")
 Progress = Callable[[str, int, int, dict], None]
 # Which part of the recipe each stage's result depends on.
-STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "raw_tune": "raw_tune", "turbo": "distill",
+STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "turbo": "distill",
                 "card": "eval_prompts"}
 
 
@@ -40,7 +40,6 @@ class NanoRecipe:
     vae: VaeRecipe = field(default_factory=VaeRecipe)
     text: TextRecipe = field(default_factory=TextRecipe)
     transformer: TransformerRecipe = field(default_factory=TransformerRecipe)
-    raw_tune: RawTuneRecipe = field(default_factory=RawTuneRecipe)
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     probe: ProbeRecipe = field(default_factory=ProbeRecipe)
     eval_prompts: int = 100
@@ -59,7 +58,6 @@ def smoke_recipe() -> NanoRecipe:
                                       axes_dims_rope=(4, 6, 6), timestep_embed_dim=32, text_heads=2,
                                       text_intermediate=32, fusion_blocks=(1, 1), dataset_scenes=32, batch=4,
                                       steps=2, warmup=1),
-        raw_tune=RawTuneRecipe(steps=2, batch=4, warmup=1),
         distill=DistillRecipe(substeps=1, batch=2, trajectories=1),
         probe=ProbeRecipe(width=8, batch=8, steps=2),
         eval_prompts=2, eval_seeds=(0,),
@@ -189,24 +187,13 @@ class Build:
         r = self.recipe.transformer
         shared = self.components()
         pipe = self._pipeline(self._fresh_transformer(shared), shared=shared)
-        ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, deadline=self.deadline,
+        ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, self.recipe.size,
+                              deadline=self.deadline,
                               progress=self.progress, compile=self.compile)
         if info["step"] < r.steps:
             return None
         ema.save_pretrained(self.final / "raw_transformer")
         return {"steps": info["step"], "samples": info["step"] * r.batch,
-                "final_loss": info["history"][-1]["loss"] if info["history"] else None}
-
-    def stage_raw_tune(self) -> dict | None:
-        r = self.recipe.raw_tune
-        shared = self.components()
-        pipe = self._pipeline(self._load_transformer("raw_transformer"), shared=shared)
-        ema, info = tune_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, self.recipe.size,
-                             deadline=self.deadline, progress=self.progress, compile=self.compile)
-        if info["step"] < r.steps:
-            return None
-        ema.save_pretrained(self.final / "raw_tuned_transformer")
-        return {"steps": info["step"], "samples": info["step"] * r.batch, "timesteps": r.timesteps,
                 "final_loss": info["history"][-1]["loss"] if info["history"] else None}
 
     def redo(self, stage: str) -> list[str]:
@@ -230,11 +217,17 @@ class Build:
         return Krea2Transformer2DModel.from_pretrained(self.final / name).eval()
 
     def _scenes(self) -> list:
-        return [scene_from_json(d) for d in json.loads((self.workdir / "raw_scenes.json").read_text())]
+        """Raw's pretraining scenes: the cached list, or the same list sampled again (a workdir carried to another
+        machine without its caches)."""
+        path = self.workdir / "raw_scenes.json"
+        if path.is_file():
+            return [scene_from_json(d) for d in json.loads(path.read_text())]
+        r = self.recipe.transformer
+        return pretraining_scenes(r.dataset_scenes, r.seed)
 
     def stage_turbo(self) -> dict | None:
         r = self.recipe.distill
-        teacher = self._load_transformer("raw_tuned_transformer")
+        teacher = self._load_transformer("raw_transformer")
         pipe = self._pipeline(teacher)
         scale = pipe.vae_scale_factor
         shape = (pipe.vae.config.z_dim, self.recipe.size // scale, self.recipe.size // scale)
@@ -269,7 +262,7 @@ class Build:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[self.recipe.weights_dtype]
         if self.out.exists():
             shutil.rmtree(self.out)
-        for checkpoint, name in (("raw", "raw_tuned_transformer"), ("turbo", "turbo_transformer")):
+        for checkpoint, name in (("raw", "raw_transformer"), ("turbo", "turbo_transformer")):
             target = self.out / f"krea2-nano-{checkpoint}"
             pipe = self._pipeline(self._load_transformer(name), checkpoint)
             pipe.transformer.to(dtype)

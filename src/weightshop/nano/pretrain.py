@@ -1,6 +1,6 @@
 """nano-Raw: a small Krea2Transformer2DModel pretrained on the shapes world with Krea 2's objective.
 
-x_t = (1 - s) x0 + s noise, target v = noise - x0, timestep s (logit-normal), 10 % caption dropout
+x_t = (1 - s) x0 + s noise, target v = noise - x0, timestep s drawn as sampling visits it, 10 % caption dropout
 so classifier-free guidance works. Text goes through the real Krea2Pipeline.encode_prompt and latents
 through the pipeline's own packing, so training sees exactly what sampling will feed the model.
 Held-out concepts (stars, stripes) never appear in these images or captions.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from weightshop.models.latents import pack_latents, position_ids
-from weightshop.models.schedule import noisy_sample, sample_timesteps, velocity_target
+from weightshop.models.schedule import KREA2_SHIFT, noisy_sample, sample_timesteps, velocity_target
 from weightshop.nano import world
 from weightshop.state import run_loop, warmup_cosine
 
@@ -41,29 +41,15 @@ class TransformerRecipe:
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 500
-    steps: int = 9000  # ~580k samples: sized for about 2.5 CPU hours with torch.compile
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    seed: int = 0
-    save_every_s: float = 180.0
-
-
-@dataclass(frozen=True)
-class RawTuneRecipe:
-    """Continue nano-Raw with timesteps drawn as sampling visits them ("shifted": uniform pushed through the
-    resolution's mu). Pretraining's logit-normal(0, 1) almost never draws s > 0.97 (0.02 % of samples), yet
-    the sampler starts at s = 1 where the layout and colours are decided: the first build of nano-Raw
-    learned the text (denoising loss at s = 0.9: 0.25 with the right caption vs 0.72 with a wrong one) but
-    barely at s >= 0.99, and its samples ignored the prompt (shape 31 %, colour 10 %)."""
-
-    steps: int = 2000
-    batch: int = 64
-    lr: float = 2e-4
-    warmup: int = 100
+    steps: int = 5000  # 320k samples: about 1.4 CPU hours with torch.compile
+    # Timesteps as sampling visits them (uniform pushed through the training size's mu). The first build
+    # drew logit-normal(0, 1), which almost never visits s > 0.97 (0.02 % of samples), yet the sampler
+    # starts at s = 1 where layout and colour are decided: its Raw learned the text (denoising loss at
+    # s = 0.9: 0.25 with the right caption, 0.72 with a wrong one) but its samples ignored the prompt.
     timesteps: str = "shifted"
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
-    seed: int = 1
+    seed: int = 0
     save_every_s: float = 180.0
 
 
@@ -138,6 +124,12 @@ def scene_from_json(d: dict):
                        d["relation"], d["seed"])
 
 
+def pretraining_scenes(n: int, seed: int) -> list:
+    """The n pretraining scenes (no held-out concepts) of a recipe seed: a pure function of (n, seed)."""
+    rng = np.random.default_rng([seed, 11])
+    return [world.sample_scene(rng) for _ in range(n)]
+
+
 def latent_dataset(workdir: Path, vae, n: int, seed: int, progress=None) -> tuple[list, torch.Tensor]:
     """Pretraining scenes (no held-out concepts) and their latents, cached in workdir."""
     lat_path, scenes_path = workdir / "raw_latents.safetensors", workdir / "raw_scenes.json"
@@ -146,8 +138,7 @@ def latent_dataset(workdir: Path, vae, n: int, seed: int, progress=None) -> tupl
         latents = load_file(str(lat_path))["latents"]
         if len(scenes) == len(latents) == n:
             return scenes, latents
-    rng = np.random.default_rng([seed, 11])
-    scenes = [world.sample_scene(rng) for _ in range(n)]
+    scenes = pretraining_scenes(n, seed)
     latents = encode_scenes(vae, scenes, progress=progress)
     save_file({"latents": latents.contiguous()}, str(lat_path))
     scenes_path.write_text(json.dumps([scene_to_json(s) for s in scenes]))
@@ -191,7 +182,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: TransformerRecipe = TransformerRecipe(),
-              max_steps: int | None = None, deadline: float | None = None,
+              size: int = 64, max_steps: int | None = None, deadline: float | None = None,
               progress: Callable[[str, int, int, dict], None] | None = None, compile: bool = False):
     """Pretrain (or resume) nano-Raw; `pipe` holds the trained VAE, text encoder and a fresh transformer.
 
@@ -209,44 +200,15 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
                                      (lambda d, t: progress("encode", d, t, {})) if progress else None)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(model) if compile else model
+    mu = KREA2_SHIFT.mu((size // pipe.vae_scale_factor // pipe.patch_size) ** 2)
 
     def step_loss(step: int):
         return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 5], recipe.batch,
-                                    recipe.caption_dropout, lambda n, gen: sample_timesteps(n, "logit_normal", generator=gen))
+                                    recipe.caption_dropout,
+                                    lambda n, gen: sample_timesteps(n, recipe.timesteps, generator=gen, mu=mu))
 
     info = run_loop("raw", workdir / "raw_state", {"model": model, "ema": ema}, opt, recipe.steps, recipe.lr,
                     lambda step: warmup_cosine(step, recipe.steps, recipe.warmup, decay_from=0.8), step_loss,
                     max_steps=max_steps, deadline=deadline, progress=progress, save_every_s=recipe.save_every_s,
-                    after_step=lambda step: ema_update(ema, model, recipe.ema_decay if step > recipe.warmup else 0.0))
-    return ema, info
-
-
-def tune_raw(workdir: Path, pipe, max_sequence_length: int, recipe: RawTuneRecipe, size: int,
-             max_steps: int | None = None, deadline: float | None = None,
-             progress: Callable[[str, int, int, dict], None] | None = None, compile: bool = False):
-    """Continue nano-Raw (pipe.transformer, the pretrained EMA) with recipe.timesteps; resumable like train_raw."""
-    import copy
-
-    from weightshop.models.schedule import KREA2_SHIFT
-
-    torch.manual_seed(recipe.seed)
-    model = pipe.transformer.float().train().requires_grad_(True)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    cond = Conditioner(pipe, max_sequence_length)
-    scenes = [scene_from_json(d) for d in json.loads((workdir / "raw_scenes.json").read_text())]
-    latents = load_file(str(workdir / "raw_latents.safetensors"))["latents"]
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    forward = torch.compile(model) if compile else model
-    tokens = (size // pipe.vae_scale_factor // pipe.patch_size) ** 2
-    mu = KREA2_SHIFT.mu(tokens)
-
-    def step_loss(step: int):
-        return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 7], recipe.batch,
-                                    recipe.caption_dropout,
-                                    lambda n, gen: sample_timesteps(n, recipe.timesteps, generator=gen, mu=mu))
-
-    info = run_loop("raw_tune", workdir / "raw_tune_state", {"model": model, "ema": ema}, opt, recipe.steps, recipe.lr,
-                    lambda step: min(1.0, (step + 1) / recipe.warmup), step_loss, max_steps=max_steps,
-                    deadline=deadline, progress=progress, save_every_s=recipe.save_every_s,
                     after_step=lambda step: ema_update(ema, model, recipe.ema_decay if step > recipe.warmup else 0.0))
     return ema, info
