@@ -252,3 +252,25 @@ def test_a_workdir_without_its_caches_samples_the_same_scenes(smoke, tmp_path):
     (work / "raw_scenes.json").unlink()
     again = build._scenes()
     assert len(again) == smoke_recipe().transformer.dataset_scenes and again == cached
+
+
+def test_a_carried_build_goes_on_where_it_stopped(smoke, tmp_path):
+    """`nano carry` copies results and the running stage's state, not caches: the copy redoes nothing finished
+    and resumes the stage in progress."""
+    import shutil
+
+    from weightshop.io import atomic_write_json
+
+    root, record = smoke
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work, symlinks=True)
+    build = Build(work, tmp_path / "weights", smoke_recipe(), redo="turbo")
+    build.run(("turbo",))  # the smoke Turbo is one trajectory: finished, so interrupt it by hand
+    build.record["stages"].pop("turbo")
+    atomic_write_json(build.record_path, build.record)
+    carried = build.carry(tmp_path / "carried")
+    assert "turbo_state.safetensors" in carried and "raw_state.safetensors" not in carried
+    assert not any(name.startswith("raw_latents") or name.startswith("raw_scenes") for name in carried)
+    again = Build(tmp_path / "carried", tmp_path / "weights2", smoke_recipe()).run()
+    assert again["stages"]["raw"]["finished"] == record["stages"]["raw"]["finished"]
+    assert {"turbo", "package", "card"} <= set(again["stages"])

@@ -47,6 +47,27 @@ def build(
         console.print(table)
 
 
+@app.command("carry")
+@guarded
+def carry(
+    dest: Path = typer.Argument(..., help="Directory to copy the build into (another machine's --workdir)."),
+    workdir: Path = typer.Option(Path("weightshop-out/nano-build"), help="The build to carry."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Copy a build in progress for another machine: finished results and the running stage's state, no caches."""
+    from weightshop.errors import WeightshopError
+    from weightshop.nano.build import Build, NanoRecipe
+
+    if not (workdir / "build.json").is_file():
+        raise WeightshopError(f"{workdir}: no build.json here; pass the --workdir of a `weightshop nano build`")
+    copied = Build(workdir, recipe=NanoRecipe()).carry(dest)
+    size = sum((dest / p).stat().st_size for p in copied)
+    emit({"dest": str(dest), "files": copied, "bytes": size}, as_json)
+    if not as_json:
+        console.print(f"carried {len(copied)} files ({size / 2**20:.1f} MiB) to {dest}: run "
+                      f"`weightshop nano build --workdir {dest}` there to go on")
+
+
 @app.command("verify")
 @guarded
 def verify(as_json: bool = JSON_OPTION) -> None:

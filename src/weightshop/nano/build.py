@@ -211,6 +211,28 @@ class Build:
         atomic_write_json(self.record_path, self.record)
         return later
 
+    def carry(self, dest: Path) -> list[str]:
+        """Copy what another machine needs to go on with this build into `dest`: the record, every finished
+        stage's result and the saved state of the stage in progress; not the caches (raw_latents and
+        raw_scenes, hundreds of MB, made again from the recipe) nor finished stages' training state. Running the
+        build on `dest` continues where this one stopped. Returns the copied paths, relative to `dest`."""
+        import shutil
+
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        copied = []
+        shutil.copytree(self.final, dest / "final", symlinks=True, dirs_exist_ok=True)
+        copied += [str(p.relative_to(dest)) for p in sorted((dest / "final").rglob("*")) if p.is_file()]
+        in_progress = [s for s in self.record["started"] if s not in self.record["stages"]]
+        for stage in in_progress:
+            for suffix in (".json", ".safetensors"):
+                path = self.workdir / f"{stage}_state{suffix}"
+                if path.is_file():
+                    shutil.copy2(path, dest / path.name)
+                    copied.append(path.name)
+        shutil.copy2(self.record_path, dest / self.record_path.name)
+        return copied + [self.record_path.name]
+
     def _load_transformer(self, name: str):
         from diffusers import Krea2Transformer2DModel
 
