@@ -111,3 +111,30 @@ def test_bench_train_measures_every_base_with_ratios_to_the_first(tmp_path):
     assert rows["bf16"]["ratio"] == 1.0 and rows["fp8"]["ratio"] > 0
     assert rows["fp8"]["base_gib"] < rows["bf16"]["base_gib"]  # the blocks stored in one byte, not two
     assert all(r["grad_norm"] > 0 and r["loss_finite"] for r in rows.values())  # the LoRA really trains
+
+
+def test_fp8_linear_is_the_scaled_float8_weight_and_beats_an_unscaled_cast():
+    from weightshop.train.memory import FP8_MAX, Float8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        linear.weight.mul_(0.05)  # typical trained weights: mostly below float8's normal range (2^-6)
+    x = torch.randn(8, 64)
+    reference, w = linear(x), linear.weight.detach().clone()
+    unscaled = torch.nn.functional.linear(x, w.to(torch.float8_e4m3fn).float(), linear.bias)
+    fp8 = Float8Linear.convert(linear, torch.float32)
+    assert fp8.weight.dtype == torch.float8_e4m3fn and not fp8.weight.requires_grad
+    assert fp8.weight_scale.item() == pytest.approx(w.abs().max().item() / FP8_MAX)
+    assert fp8.weight.float().abs().max().item() == pytest.approx(FP8_MAX)  # the amax lands on float8's max
+    err = ((fp8(x) - reference).norm() / reference.norm()).item()
+    assert err < 0.03 and err < ((unscaled - reference).norm() / reference.norm()).item()
+
+
+def test_an_fp8_base_trains_under_checkpointing_and_regional_compile():
+    """The combination the H200 check failed on (CheckpointError: recomputed float8 vs saved bf16)."""
+    from weightshop.bench.train_step import measure, nano_config
+
+    row = measure(32, "fp8", config=nano_config(), device="cpu", steps=1, warmup=1, rank=4, checkpointing=True,
+                  compile=True, vae_scale=4, text_tokens=8)
+    assert row["loss_finite"] and row["grad_norm"] > 0

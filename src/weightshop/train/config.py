@@ -68,7 +68,7 @@ class MemoryConfig(_Strict):
     gradient_checkpointing: bool = False
     autocast: Literal["none", "bf16"] = "none"
     base_dtype: Literal["none", "fp8", "int8", "nf4"] = Field(
-        "none", description="Store the frozen transformer blocks in fp8 (layerwise casting), int8 (torchao) or "
+        "none", description="Store the frozen transformer blocks in fp8 (scaled, upcast per layer), int8 (torchao) or "
                             "nf4 (bitsandbytes, CUDA); the LoRA stays fp32.")
     compile: bool = Field(False, description="Regional torch.compile of the repeated transformer block.")
 

@@ -4,7 +4,8 @@ The base never gets gradients, so it can live in fewer bits than it computes in;
 transformer blocks are stored low, while the embedders, text fusion, time path and final layer stay in the
 compute dtype, which is the usual practice for Krea 2 quantized files too (see KREA2.md).
 
-- fp8:  diffusers' layerwise casting: weights stored as float8_e4m3fn, upcast per layer for its forward.
+- fp8:  each block Linear stored as float8_e4m3fn with one fp32 scale (the "fp8 scaled" layout of ComfyUI's
+        Krea 2 files), upcast inside its own forward (`Float8Linear`).
 - int8: torchao's int8 weight-only tensors (per-channel scales); peft wraps them in its torchao LoRA layer.
 - nf4:  bitsandbytes 4-bit NormalFloat (QLoRA), CUDA only.
 
@@ -18,12 +19,45 @@ import torch
 from weightshop.errors import WeightshopError
 
 BASE_DTYPES = ("none", "fp8", "int8", "nf4")
-# Skip every top-level module except the block stack; never touch norms or LoRA layers.
-_KEEP_HIGH = ("^(?!transformer_blocks).", "norm", "lora_")
-
-
 def _in_blocks(name: str) -> bool:
     return name.startswith("transformer_blocks.") and "norm" not in name
+
+
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+
+
+class Float8Linear(torch.nn.Linear):
+    """A frozen Linear whose weight is stored as float8_e4m3fn times one fp32 scale, upcast in its forward.
+
+    Written here rather than using diffusers' layerwise casting (weightshop's first fp8 path) because those
+    hooks cast the module's weight in place before and after each forward: under gradient checkpointing with
+    torch.compile the recomputed forward then sees float8 where the first pass had saved bf16 and autograd
+    raises CheckpointError (measured on the H200, reproduced on CPU at nano size). Here the upcast is part of
+    the forward's own graph, so recomputation repeats it exactly and compile fuses it into the matmul's
+    prologue. The per-tensor scale (amax / 448) keeps small weights out of float8's subnormal range, which an
+    unscaled cast (layerwise casting's) loses precision to.
+    """
+
+    compute_dtype: torch.dtype = torch.bfloat16
+
+    @classmethod
+    def convert(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype) -> "Float8Linear":
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax() / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+        linear.weight = torch.nn.Parameter((weight / scale).to(torch.float8_e4m3fn), requires_grad=False)
+        linear.register_buffer("weight_scale", scale.to(weight.device))
+        if linear.bias is not None:
+            linear.bias.requires_grad_(False)
+        linear.__class__ = cls
+        linear.compute_dtype = compute_dtype
+        return linear
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight.to(self.compute_dtype) * self.weight_scale.to(self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return torch.nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
 
 
 def store_base(transformer, base_dtype: str, compute_dtype: torch.dtype) -> dict:
@@ -32,8 +66,9 @@ def store_base(transformer, base_dtype: str, compute_dtype: torch.dtype) -> dict
         raise WeightshopError(f"memory.base_dtype {base_dtype!r}: expected one of {', '.join(BASE_DTYPES)}")
     before = weight_bytes(transformer)
     if base_dtype == "fp8":
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
-                                             skip_modules_pattern=_KEEP_HIGH)
+        for name, module in list(transformer.named_modules()):
+            if isinstance(module, torch.nn.Linear) and _in_blocks(name) and "lora_" not in name:
+                Float8Linear.convert(module, compute_dtype)
     elif base_dtype == "int8":
         try:
             from torchao.quantization import Int8WeightOnlyConfig, quantize_

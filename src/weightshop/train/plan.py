@@ -248,7 +248,7 @@ def base_weight_bytes(counts: ParamCounts, model_dtype: str, base_dtype: str = "
 def dequantized_weight_bytes(counts: ParamCounts, base_dtype: str, checkpointing: bool, dt: "ActivationDtypes") -> int:
     """Compute-dtype copies of quantized weights alive at the peak.
 
-    fp8 (diffusers' layerwise casting) and int8 (torchao weight-only) upcast a Linear's weight for its forward, and
+    fp8 (`Float8Linear`) and int8 (torchao weight-only) upcast a Linear's weight for its forward, and
     the matmul keeps that copy for the backward: without checkpointing every block's weights come back in bf16 (the
     saving is gone at the peak), with it only the recomputed block's (measured on CPU: docs/memory.md). bitsandbytes
     nf4 keeps its packed state and dequantizes again in backward: one weight at a time, forward and backward.
@@ -603,7 +603,7 @@ def suggest(plan: MemoryPlan, shape: ModelShape, gpu_bytes: int) -> list[Suggest
         step(f"batch 1 x {current.grad_accum * current.batch_size} accumulation steps (same effective batch)",
              batch_size=1, grad_accum=current.grad_accum * current.batch_size)
     if current.base_dtype == "none":
-        step("base fp8 (diffusers layerwise casting)", base_dtype="fp8")
+        step("base fp8 (scaled, upcast per layer)", base_dtype="fp8")
         steps.append(("or base int8 (torchao), instead of fp8", replace(current, base_dtype="int8"), size, True))
     if current.base_dtype != "nf4":
         step("base nf4 (bitsandbytes, CUDA)", base_dtype="nf4")
