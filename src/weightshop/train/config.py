@@ -104,6 +104,15 @@ class TrainConfig(_Strict):
             self.lora.alpha = float(self.lora.rank)
         return self
 
+    @model_validator(mode="after")
+    def _dora_needs_the_base_weights(self):
+        # DoRA's magnitude is the norm of the base weight, which peft reads straight from the layer: a quantized
+        # base would give it the stored codes, not the weights.
+        if self.lora.dora and self.memory.base_dtype != "none":
+            raise ValueError(f"lora.dora needs the base weights in full precision: memory.base_dtype is "
+                             f"{self.memory.base_dtype!r}; set memory.base_dtype: none or lora.dora: false")
+        return self
+
 
 PRESETS: dict[str, dict] = {
     # Authors' advice for Krea 2: rank/alpha 32, lr 3e-4..7e-4 constant, ~1000 steps; caption what you do
