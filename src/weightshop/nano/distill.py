@@ -3,7 +3,8 @@
 Method: trajectory distillation on Turbo's own grid. The student (initialised from Raw, as Krea's Turbo
 is) takes one Euler step per interval of the 8-step schedule at mu = 1.15 (exactly what the pipeline
 samples with `is_distilled`). Its target for each interval is where the teacher lands: nano-Raw with
-guidance 3.5, integrating the same interval with several Euler sub-steps (8 x 6 = 48 teacher steps, . The regression target is the average velocity over the interval,
+guidance 3.5, integrating the same interval with several Euler sub-steps (8 x 4 = 32 guided teacher steps
+per trajectory). The regression target is the average velocity over the interval,
 v* = (x_teacher(s_next) - x(s)) / (s_next - s), so the student absorbs both the step count and the
 guidance (which mattered more than steps in the feasibility runs).
 
