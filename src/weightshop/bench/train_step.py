@@ -2,8 +2,9 @@
 
 Speed and memory do not depend on the weight values, so a full-size Krea 2 transformer with random weights
 (built on the meta device, materialised straight on the GPU in bf16) measures what the real 12.8 B
-checkpoint costs, with no download. The step is weightshop's: `flow_matching_loss` from the trainer, the
-frozen base stored by `train.memory.store_base`, peft LoRA on the resolved targets, AdamW, clipping.
+checkpoint costs, with no download. The step is weightshop's, set up by `train.synthetic.trainer_step` (the
+one `weightshop plan` calibrates against): `flow_matching_loss` from the trainer, the frozen base stored by
+`train.memory.store_base`, peft LoRA on the resolved targets, AdamW, clipping.
 
     python -m weightshop.bench.train_step --full-size --resolutions 512,1024 --bases bf16,fp8,int8
 """
@@ -13,68 +14,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
 TEXT_TOKENS = 512  # Krea 2's max_sequence_length: the worst case, as `weightshop plan` assumes
-
-
-@dataclass
-class SyntheticCache:
-    """The shape of weightshop.data.cache.CachedSet, filled with random latents and text features."""
-
-    latents: dict
-    embeds: dict
-    empty: tuple
-    buckets: dict
-
-
-def synthetic_cache(transformer, resolution: int, items: int = 4, text_tokens: int = TEXT_TOKENS,
-                    vae_scale: int = 8) -> SyntheticCache:
-    cfg = transformer.config
-    channels = cfg.in_channels // 4  # packed 2x2 patches of the VAE latent
-    side = resolution // vae_scale
-    gen = torch.Generator().manual_seed(0)
-    latents, embeds = {}, {}
-    text_shape = (text_tokens, cfg.num_text_layers, cfg.text_hidden_dim)
-    for i in range(items):
-        latents[f"i{i}"] = torch.randn(channels, side, side, generator=gen)
-        embeds[f"i{i}"] = (torch.randn(text_shape, generator=gen), torch.ones(text_tokens, dtype=torch.bool))
-    mask = torch.zeros(text_tokens, dtype=torch.bool)
-    mask[:8] = True
-    return SyntheticCache(latents, embeds, (torch.randn(text_shape, generator=gen), mask),
-                          {k: (resolution, resolution) for k in latents})
-
-
-def random_transformer(config: dict | None = None, device: str = "cuda", dtype=torch.bfloat16, seed: int = 0):
-    """A Krea2Transformer2DModel (full size by default) with small random weights, built without a CPU copy."""
-    from accelerate import init_empty_weights
-    from diffusers import Krea2Transformer2DModel
-
-    with init_empty_weights():
-        model = Krea2Transformer2DModel(**(config or {}))
-    model = model.to(dtype).to_empty(device=device)  # never an fp32 copy: 12.8 B in fp32 is 48 GiB
-    keep = set(model._keep_in_fp32_modules or ())
-    for name, module in model.named_modules():  # as from_pretrained(torch_dtype=...) does
-        if name.rsplit(".", 1)[-1] in keep:
-            module.float()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and p.ndim == 1:
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, 0.02 / max(1.0, (p.shape[-1] / 1024) ** 0.5), generator=gen)
-        for b in model.buffers():
-            if b.is_floating_point() and not torch.isfinite(b).all():
-                b.zero_()
-    # rotary tables and other non-persistent buffers are recomputed by the module itself
-    return model.eval()
 
 
 def nano_config() -> dict:
@@ -94,57 +40,42 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
             warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
             compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS) -> dict:
     """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`."""
-    from weightshop.train.config import TrainConfig
-    from weightshop.train.memory import compile_blocks, store_base, weight_bytes
-    from weightshop.train.trainer import add_lora, flow_matching_loss
+    from weightshop.train.memory import weight_bytes
+    from weightshop.train.plan import RunSettings
+    from weightshop.train.synthetic import trainer_step
 
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    model = random_transformer(config, device, torch.bfloat16)
-    model.requires_grad_(False)
-    store_base(model, "none" if base == "bf16" else base, torch.bfloat16)
-    cfg = TrainConfig.model_validate({"data": {"manifest": "synthetic", "caption_dropout": 0.0},
-                                      "model": {"dtype": "bf16"}, "memory": {"autocast": "bf16",
-                                                                             "gradient_checkpointing": checkpointing},
-                                      "lora": {"rank": rank, "targets": targets}, "schedule": {"batch_size": batch_size}})
-    names, params = add_lora(model, cfg, device)
-    if compile:
-        compile_blocks(model)
-    model.train()
-    cache = synthetic_cache(model, resolution, items=max(4, batch_size), text_tokens=text_tokens, vae_scale=vae_scale)
-    files = sorted(cache.latents)[:batch_size]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    settings = RunSettings(model_dtype="bf16", autocast="bf16", base_dtype="none" if base == "bf16" else base,
+                           checkpointing=checkpointing, compile=compile, rank=rank, targets=targets,
+                           batch_size=batch_size)
+    step = trainer_step(config, settings, resolution, device=device, vae_scale=vae_scale, text_tokens=text_tokens)
     times, losses = [], []
     if cuda:  # the training peak, not the one-off cost of building random weights
         torch.cuda.reset_peak_memory_stats()
-    for step in range(warmup + steps):
+    for i in range(warmup + steps):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = flow_matching_loss(model, cache, files, cfg, step, 0, device)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-        optimizer.step()
+        step()
         if cuda:
             torch.cuda.synchronize()
-        if step >= warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
-        losses.append(loss.item())
+        losses.append(step.last_loss)
     result = {
         "resolution": resolution, "base": base, "checkpointing": checkpointing, "compile": compile,
-        "batch_size": batch_size, "rank": rank, "targets": targets, "lora_modules": len(names),
-        "lora_params": sum(p.numel() for p in params), "base_gib": weight_bytes(model) / 2**30,
+        "batch_size": batch_size, "rank": rank, "targets": targets, "lora_modules": len(step.names),
+        "lora_params": sum(p.numel() for p in step.params), "base_gib": weight_bytes(step.model) / 2**30,
         "s_per_step": sorted(times)[len(times) // 2], "s_per_step_all": times,
-        "grad_norm": grad_norm, "loss_finite": all(torch.isfinite(torch.tensor(losses)).tolist()),
+        "grad_norm": step.last_grad_norm, "loss_finite": all(math.isfinite(x) for x in losses),
         "image_tokens": (resolution // vae_scale // 2) ** 2, "text_tokens": text_tokens,
     }
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-    del model, optimizer, params, cache
+    del step
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -706,59 +706,15 @@ def measure_training_step(shape: ModelShape, settings: RunSettings, height: int,
     between steps (weights, LoRA, optimizer state, EMA), `step_peak` the most the step adds on top.
 
     Reusable on a GPU (device="cuda"); tests run it on CPU."""
-    from types import SimpleNamespace
+    from weightshop.train.synthetic import trainer_step
 
-    import torch
-    from diffusers import Krea2Transformer2DModel
-
-    from weightshop.models.loading import DTYPES, _cast
-    from weightshop.train.config import load_config
-    from weightshop.train.trainer import _optimizer, add_lora, flow_matching_loss, lora_state
-
-    width = width or height
-    cfg = load_config(base={
-        "data": {"manifest": "-", "caption_dropout": 0.0}, "model": {"dtype": settings.model_dtype},
-        "lora": {"rank": settings.rank, "targets": list(settings.targets) if isinstance(settings.targets, tuple)
-                 else settings.targets, "text_fusion": settings.text_fusion, "dropout": settings.lora_dropout},
-        "schedule": {"batch_size": settings.batch_size, "seed": seed}, "optim": {"name": settings.optimizer},
-        "memory": {"gradient_checkpointing": settings.checkpointing, "autocast": settings.autocast,
-                   **({"base_dtype": settings.base_dtype} if settings.base_dtype != "none" else {})}})
-    torch.manual_seed(seed)
-    model = _cast(Krea2Transformer2DModel.from_config(shape.config), DTYPES[settings.model_dtype])
-    model.requires_grad_(False)
-    if settings.base_dtype != "none":
-        from weightshop.train.memory import store_base
-
-        if settings.base_dtype != "nf4":  # nf4 quantizes on its way to the GPU, as in the trainer
-            model.to(device)
-        store_base(model, settings.base_dtype, torch.bfloat16 if settings.autocast == "bf16"
-                   else DTYPES[settings.model_dtype])
-    names, params = add_lora(model, cfg, device)
-    optimizer = _optimizer(params, cfg)
-    ema = {k: v.clone() for k, v in lora_state(model).items()} if settings.ema else None
-    c = shape.config
-    grid = (height // shape.vae_scale_factor, width // shape.vae_scale_factor)
-    gen = torch.Generator().manual_seed(seed)
-    text = (torch.randn(shape.max_sequence_length, c["num_text_layers"], c["text_hidden_dim"], generator=gen),
-            torch.ones(shape.max_sequence_length, dtype=torch.bool))
-    files = [f"i{k}" for k in range(settings.batch_size)]
-    cache = SimpleNamespace(latents={f: torch.randn(c["in_channels"] // 4, *grid, generator=gen) for f in files},
-                            embeds={f: text for f in files}, empty=text)
-    model.train()
-    counter = iter(range(10**6))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = flow_matching_loss(model, cache, files, cfg, next(counter), 0, device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-
+    step = trainer_step(shape.config, settings, height, width, device=device, vae_scale=shape.vae_scale_factor,
+                        text_tokens=shape.max_sequence_length, seed=seed)
     step()  # warm-up: the optimizer allocates its state
-    optimizer.zero_grad(set_to_none=True)
-    static = tensor_bytes(model, optimizer, ema or {})
+    step.optimizer.zero_grad(set_to_none=True)
+    static = tensor_bytes(step.model, step.optimizer, step.ema or {})
     peak = measure_step_peak(step, device)
-    return {"static": static, "step_peak": peak, "total": static + peak, "modules": len(names)}
+    return {"static": static, "step_peak": peak, "total": static + peak, "modules": len(step.names)}
 
 
 def calibrate(shape: ModelShape, cases: list[tuple[int, RunSettings]], device: str = "cpu") -> list[dict]:
