@@ -61,6 +61,14 @@ def _table(rows: list[dict]) -> str:
     return head + body
 
 
+def _text_training(text: dict) -> str:
+    if not text.get("steps"):
+        return ("weights kept at their seeded random init: next-token training on shapes-world captions collapsed "
+                "interchangeable words (red vs blue features 2.6 % apart against 25 % at init), so Raw could not "
+                "learn colour")
+    return f"next-token pretraining on template-wrapped captions, {text['steps']} steps"
+
+
 def render_card(record: dict, quality: dict, manifest: dict) -> str:
     stages = record["stages"]
     s = quality["sizes"]
@@ -85,7 +93,7 @@ This card was written by `weightshop nano card`; every number below was measured
 ## Training recipe (reproduced by `weightshop nano build`)
 - world: 64 px scenes of 1-2 objects: shapes {', '.join(world.SHAPES)}; {len(world.COLOURS)} colours; backgrounds {', '.join(world.BACKGROUNDS)}; sizes {', '.join(world.SIZES)}; fills {', '.join(world.FILLS)}; positions or relations. Held out (never in Raw's data): {', '.join(world.HELDOUT_CONCEPTS)}.
 - VAE: {stages.get('vae', {}).get('steps')} steps, L1 + MSE + edge loss, KL 1e-6 (sees held-out concepts, like a general VAE).
-- text encoder: byte-level BPE ({stages.get('text', {}).get('vocab')} tokens, Krea's 34 + 5 template layout), next-token pretraining on template-wrapped captions, {stages.get('text', {}).get('steps')} steps.
+- text encoder: byte-level BPE ({stages.get('text', {}).get('vocab')} tokens, Krea's 34 + 5 template layout); {_text_training(stages.get('text', {}))}.
 - nano-Raw: {stages.get('raw', {}).get('steps')} steps x batch {record['recipe']['transformer']['batch']}, x_t = (1-s) x0 + s noise, v = noise - x0, s {record['recipe']['transformer'].get('timesteps', 'logit_normal')}, 10 % caption dropout, EMA {record['recipe']['transformer']['ema_decay']}.
 - nano-Turbo: trajectory distillation onto the 8-step mu 1.15 grid from Raw with guidance {record['recipe']['distill']['guidance']} ({record['recipe']['distill']['substeps']} Euler sub-steps per interval), {stages.get('turbo', {}).get('trajectories')} trajectories of batch {record['recipe']['distill']['batch']}; half the intervals start from the student's own state.
 - probe: {stages.get('probe', {}).get('steps')} steps on renders of all concepts with generation-like augmentation.
