@@ -9,7 +9,7 @@ from `trainer.add_lora`, `trainer.flow_matching_loss`, gradient clipping and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -73,7 +73,7 @@ class TrainerStep:
     cfg: object
     device: str
     ema: dict | None = None
-    taken: int = field(default=0)
+    taken: int = 0
     last_loss: float = float("nan")
     last_grad_norm: float = float("nan")
 
