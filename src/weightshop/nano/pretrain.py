@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from weightshop.models.latents import pack_latents, position_ids
-from weightshop.models.schedule import KREA2_SHIFT, noisy_sample, sample_timesteps, velocity_target
+from weightshop.models.schedule import KREA2_SHIFT, image_tokens, noisy_sample, sample_timesteps, velocity_target
 from weightshop.nano import world
 from weightshop.state import run_loop, warmup_cosine
 
@@ -200,7 +200,7 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
                                      (lambda d, t: progress("encode", d, t, {})) if progress else None)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(model) if compile else model
-    mu = KREA2_SHIFT.mu((size // pipe.vae_scale_factor // pipe.patch_size) ** 2)
+    mu = KREA2_SHIFT.mu(image_tokens(size, size, pipe.vae_scale_factor, pipe.patch_size))
 
     def step_loss(step: int):
         return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 5], recipe.batch,
