@@ -274,3 +274,104 @@ def test_a_carried_build_goes_on_where_it_stopped(smoke, tmp_path):
     again = Build(tmp_path / "carried", tmp_path / "weights2", smoke_recipe()).run()
     assert again["stages"]["raw"]["finished"] == record["stages"]["raw"]["finished"]
     assert {"turbo", "package", "card"} <= set(again["stages"])
+
+
+def _continuing(root):
+    """The smoke recipe, its Raw continuing the smoke family's."""
+    from weightshop.io import sha256_file
+
+    sha = sha256_file(root / "weights" / "krea2-nano-raw" / "transformer" / "diffusion_pytorch_model.safetensors")
+    recipe = smoke_recipe()
+    return replace(recipe, transformer=replace(recipe.transformer, warm_start=sha))
+
+
+def test_a_seeded_build_continues_the_familys_raw(smoke, tmp_path):
+    """`nano seed` takes world/vae/text/probe from a packaged family as finished stages and its Raw as the warm start:
+    the next run redoes none of them and Raw begins from exactly the family's weights."""
+    from diffusers import Krea2Transformer2DModel
+
+    root, record = smoke
+    build = Build(tmp_path / "work", tmp_path / "weights", _continuing(root))
+    assert build.seed_from(root / "weights", record) == ["world", "vae", "text", "probe"]
+    start = build.raw_start()
+    family_raw = Krea2Transformer2DModel.from_pretrained(root / "weights" / "krea2-nano-raw" / "transformer")
+    fresh = build._fresh_transformer()
+    for (name, a), b, c in zip(start.state_dict().items(), family_raw.state_dict().values(),
+                               fresh.state_dict().values()):
+        assert a.dtype == torch.float32 and torch.equal(a, b.float()), name
+    assert any(not torch.equal(a, c) for a, c in zip(start.state_dict().values(), fresh.state_dict().values()))
+    again = Build(tmp_path / "work", tmp_path / "weights", _continuing(root)).run(("world", "vae", "text", "probe", "raw"))
+    for stage in ("world", "vae", "text", "probe"):
+        assert again["stages"][stage]["finished"] == record["stages"][stage]["finished"]
+    assert again["stages"]["raw"]["steps"] == smoke_recipe().transformer.steps
+
+
+def test_seeding_refuses_what_would_not_match(smoke, tmp_path):
+    from weightshop.errors import WeightshopError
+
+    root, record = smoke
+    other = json.loads(json.dumps(record))
+    other["recipe"]["vae"]["steps"] += 1
+    with pytest.raises(WeightshopError, match="'vae' recipe differs"):
+        Build(tmp_path / "a", tmp_path / "w", _continuing(root)).seed_from(root / "weights", other)
+    with pytest.raises(WeightshopError, match="not a packaged nano family"):
+        Build(tmp_path / "b", tmp_path / "w", _continuing(root)).seed_from(tmp_path, record)
+    with pytest.raises(WeightshopError, match="a build has started here"):
+        Build(root / "work", tmp_path / "w", smoke_recipe()).seed_from(root / "weights", record)
+    unseeded = Build(tmp_path / "c", tmp_path / "w", _continuing(root))
+    with pytest.raises(WeightshopError, match="weightshop nano seed"):
+        unseeded.raw_start()
+    wrong = replace(smoke_recipe(), transformer=replace(smoke_recipe().transformer, warm_start="0" * 64))
+    seeded = Build(tmp_path / "d", tmp_path / "w", wrong)
+    seeded.seed_from(root / "weights", record)
+    with pytest.raises(WeightshopError, match="but the recipe continues from 000000"):
+        seeded.raw_start()
+
+
+def test_nano_seed_cli_seeds_and_names_a_bad_record(smoke, tmp_path):
+    from typer.testing import CliRunner
+
+    from weightshop.cli.main import app
+
+    root, record = smoke
+    (tmp_path / "build.json").write_text(json.dumps(record))
+    (tmp_path / "broken.json").write_text("{not json")
+    runner = CliRunner()
+    # The CLI seeds for the default recipe, whose VAE differs from the smoke one: refused, and the reason named.
+    result = runner.invoke(app, ["nano", "seed", str(root / "weights"), "--record", str(tmp_path / "build.json"),
+                                 "--workdir", str(tmp_path / "work"), "--json"])
+    assert result.exit_code != 0 and "'vae' recipe differs" in result.output
+    result = runner.invoke(app, ["nano", "seed", str(root / "weights"), "--record", str(tmp_path / "broken.json"),
+                                 "--workdir", str(tmp_path / "work2")])
+    assert result.exit_code != 0 and "broken.json" in result.output and "build record" in result.output
+
+
+def test_nano_seed_cli_seeds_from_the_committed_family(tmp_path):
+    from typer.testing import CliRunner
+
+    from weightshop.cli.main import app
+    from weightshop.io import sha256_file
+
+    if not family.installed():
+        pytest.skip("krea2-nano weights not built")
+    record = family.WEIGHTS.parents[3] / "docs" / "benchmarks" / "nano-build-v1.json"
+    result = CliRunner().invoke(app, ["nano", "seed", "--record", str(record), "--workdir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["seeded"] == ["world", "vae", "text", "probe"]
+    seeded = json.loads((tmp_path / "build.json").read_text())
+    assert seeded["seeded_from"]["raw_sha256"] == sha256_file(
+        family.RAW_DIR / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert sha256_file(tmp_path / "final" / "probe" / "probe.safetensors") == sha256_file(
+        family.PROBE_DIR / "probe.safetensors")
+
+
+def test_the_card_says_how_raw_began():
+    from dataclasses import asdict
+
+    from weightshop.nano.build import V1_RAW_SHA256, continued_raw
+    from weightshop.nano.card import _raw_start
+    from weightshop.nano.pretrain import TransformerRecipe
+
+    assert _raw_start({"recipe": {"transformer": asdict(TransformerRecipe())}}) == "from the seeded init"
+    continued = _raw_start({"recipe": {"transformer": asdict(continued_raw())}})
+    assert V1_RAW_SHA256[:12] in continued and "200-step warmup to lr 0.0003" in continued

@@ -68,6 +68,33 @@ def carry(
                       f"`weightshop nano build --workdir {dest}` there to go on")
 
 
+@app.command("seed")
+@guarded
+def seed(
+    family_root: Path = typer.Argument(None, help="A packaged nano family (default: the package's weights/)."),
+    record: Path = typer.Option(..., help="The build.json of the build that packaged that family."),
+    workdir: Path = typer.Option(Path("weightshop-out/nano-build"), help="The fresh build to seed."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Start a build from a packaged family: its VAE, text encoder, probe (and Raw, for a recipe that continues it)."""
+    import json
+
+    from weightshop.errors import WeightshopError
+    from weightshop.nano import family
+    from weightshop.nano.build import Build, NanoRecipe
+
+    root = family_root or family.WEIGHTS
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise WeightshopError(f"{record}: cannot read it as a build record ({err}); expected a nano build.json") from err
+    stages = Build(workdir, recipe=NanoRecipe()).seed_from(root, previous)
+    emit({"workdir": str(workdir), "seeded": stages}, as_json)
+    if not as_json:
+        console.print(f"seeded {', '.join(stages)} in {workdir} from {root}: run "
+                      f"`weightshop nano build --workdir {workdir}` to go on from Raw")
+
+
 @app.command("verify")
 @guarded
 def verify(as_json: bool = JSON_OPTION) -> None:

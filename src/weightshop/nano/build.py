@@ -33,13 +33,24 @@ Progress = Callable[[str, int, int, dict], None]
 # Which part of the recipe each stage's result depends on.
 STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transformer", "turbo": "distill",
                 "card": "eval_prompts"}
+# The stages `weightshop nano seed` takes from a packaged family, and where it puts that family's Raw weights.
+SEEDED_STAGES = ("world", "vae", "text", "probe")
+WARM_START = "warm_start"
+# The second build's Raw (family v1, commit 4371eb6, recipe docs/benchmarks/nano-build-v1.json) stopped with its loss
+# still falling and shape at 59.5 %: the current recipe continues it rather than starting over.
+V1_RAW_SHA256 = "443d44e9c8eafe6fcf0e335a874be3039c84006a2fd9fe4d4410ef5c91446ee4"
+
+
+def continued_raw() -> TransformerRecipe:
+    """Raw v2: 4000 more steps from v1's weights, a short warmup to a lower peak rate, the same objective."""
+    return TransformerRecipe(steps=4000, lr=3e-4, warmup=200, warm_start=V1_RAW_SHA256)
 
 
 @dataclass(frozen=True)
 class NanoRecipe:
     vae: VaeRecipe = field(default_factory=VaeRecipe)
     text: TextRecipe = field(default_factory=TextRecipe)
-    transformer: TransformerRecipe = field(default_factory=TransformerRecipe)
+    transformer: TransformerRecipe = field(default_factory=continued_raw)
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     probe: ProbeRecipe = field(default_factory=ProbeRecipe)
     eval_prompts: int = 100
@@ -183,10 +194,76 @@ class Build:
         return build_transformer(shared.vae.config.z_dim * 4, shared.text_encoder.config.text_config.hidden_size,
                                  len(shared.select_layers), self.recipe.transformer)
 
+    def _warm_start(self):
+        """The Raw weights the recipe continues from, checked against its sha256."""
+        from diffusers import Krea2Transformer2DModel
+
+        from weightshop.errors import WeightshopError
+        from weightshop.io import sha256_file
+
+        expected = self.recipe.transformer.warm_start
+        weights = self.workdir / WARM_START / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise WeightshopError(
+                f"{weights.parent}: the recipe's Raw continues from weights with sha256 {expected[:12]}..., which are "
+                f"not here: run `weightshop nano seed FAMILY --record BUILD_JSON --workdir {self.workdir}` with the "
+                "family that holds them (v1: git checkout 4371eb6 -- src/weightshop/nano/weights)")
+        actual = sha256_file(weights)
+        if actual != expected:
+            raise WeightshopError(f"{weights}: sha256 {actual[:12]}... but the recipe continues from {expected[:12]}...; "
+                                  "seed this workdir from the family the recipe names")
+        return Krea2Transformer2DModel.from_pretrained(weights.parent).float()
+
+    def raw_start(self, shared=None):
+        """Raw's initial transformer: the recipe's warm start, or the seeded fresh init."""
+        return self._warm_start() if self.recipe.transformer.warm_start else self._fresh_transformer(shared)
+
+    def seed_from(self, family_root: Path, record: dict) -> list[str]:
+        """Begin this (fresh) build from a packaged family: its VAE, text encoder, tokenizer, probe and world preview
+        become the finished world/vae/text/probe stages, with the results `record` (the build record that made the
+        family) gives them, and its Raw transformer goes to workdir/warm_start for a recipe that continues it.
+        Refused when `record` used another recipe for those stages. Returns the seeded stages."""
+        import shutil
+
+        from weightshop.errors import WeightshopError
+        from weightshop.io import sha256_file
+
+        root = Path(family_root)
+        raw = root / "krea2-nano-raw"
+        missing = [p for p in (raw / "transformer", raw / "vae", raw / "text_encoder", raw / "tokenizer",
+                               root / "probe", root / "world_preview.png") if not p.exists()]
+        if missing:
+            raise WeightshopError(f"{root}: not a packaged nano family ({missing[0]} is missing); pass the out "
+                                  "directory of a `weightshop nano build` (default src/weightshop/nano/weights)")
+        if self.record["started"]:
+            raise WeightshopError(f"{self.workdir}: a build has started here ({', '.join(self.record['started'])}); "
+                                  "seed a fresh --workdir")
+        for stage in SEEDED_STAGES:
+            if stage not in record.get("stages", {}):
+                raise WeightshopError(f"build record: stage {stage!r} is not finished in it; expected the build.json "
+                                      "of the build that packaged the family")
+            key = STAGE_RECIPE.get(stage)
+            if key and record.get("recipe", {}).get(key) != self.stage_recipe(stage):
+                raise WeightshopError(f"build record: its {key!r} recipe differs from this build's, so the family's "
+                                      f"{stage} is not what this recipe would make")
+        for part in ("vae", "text_encoder", "tokenizer"):
+            shutil.copytree(raw / part, self.final / part, dirs_exist_ok=True)
+        shutil.copytree(root / "probe", self.final / "probe", dirs_exist_ok=True)
+        shutil.copy2(root / "world_preview.png", self.final / "world_preview.png")
+        shutil.copytree(raw / "transformer", self.workdir / WARM_START, dirs_exist_ok=True)
+        for stage in SEEDED_STAGES:
+            self.record["stages"][stage] = record["stages"][stage]
+            self.record["started"][stage] = self.stage_recipe(stage)
+        self.record["seeded_from"] = {
+            "family": str(root), "stages": list(SEEDED_STAGES),
+            "raw_sha256": sha256_file(self.workdir / WARM_START / "diffusion_pytorch_model.safetensors")}
+        atomic_write_json(self.record_path, self.record)
+        return list(SEEDED_STAGES)
+
     def stage_raw(self) -> dict | None:
         r = self.recipe.transformer
         shared = self.components()
-        pipe = self._pipeline(self._fresh_transformer(shared), shared=shared)
+        pipe = self._pipeline(self.raw_start(shared), shared=shared)
         ema, info = train_raw(self.workdir, pipe, self.recipe.text.max_sequence_length, r, self.recipe.size,
                               deadline=self.deadline,
                               progress=self.progress, compile=self.compile)
@@ -224,6 +301,9 @@ class Build:
         shutil.copytree(self.final, dest / "final", symlinks=True, dirs_exist_ok=True)
         copied += [str(p.relative_to(dest)) for p in sorted((dest / "final").rglob("*")) if p.is_file()]
         in_progress = [s for s in self.record["started"] if s not in self.record["stages"]]
+        if "raw" not in self.record["stages"] and (self.workdir / WARM_START).is_dir():
+            shutil.copytree(self.workdir / WARM_START, dest / WARM_START, dirs_exist_ok=True)
+            copied += [str(p.relative_to(dest)) for p in sorted((dest / WARM_START).rglob("*")) if p.is_file()]
         for stage in in_progress:
             for suffix in (".json", ".safetensors"):
                 path = self.workdir / f"{stage}_state{suffix}"

@@ -69,6 +69,15 @@ def _text_training(text: dict) -> str:
     return f"next-token pretraining on template-wrapped captions, {text['steps']} steps"
 
 
+def _raw_start(record: dict) -> str:
+    """How Raw began: the seeded init, or the earlier Raw it continues (`weightshop nano seed`)."""
+    r = record["recipe"]["transformer"]
+    if not r.get("warm_start"):
+        return "from the seeded init"
+    return (f"continuing an earlier build's Raw (weights sha256 {r['warm_start'][:12]}, seeded by `weightshop nano "
+            f"seed`) with a {r['warmup']}-step warmup to lr {r['lr']:g}")
+
+
 def render_card(record: dict, quality: dict, manifest: dict) -> str:
     stages = record["stages"]
     s = quality["sizes"]
@@ -94,7 +103,7 @@ This card was written by `weightshop nano card`; every number below was measured
 - world: 64 px scenes of 1-2 objects: shapes {', '.join(world.SHAPES)}; {len(world.COLOURS)} colours; backgrounds {', '.join(world.BACKGROUNDS)}; sizes {', '.join(world.SIZES)}; fills {', '.join(world.FILLS)}; positions or relations. Held out (never in Raw's data): {', '.join(world.HELDOUT_CONCEPTS)}.
 - VAE: {stages.get('vae', {}).get('steps')} steps, L1 + MSE + edge loss, KL 1e-6 (sees held-out concepts, like a general VAE).
 - text encoder: byte-level BPE ({stages.get('text', {}).get('vocab')} tokens, Krea's 34 + 5 template layout); {_text_training(stages.get('text', {}))}.
-- nano-Raw: {stages.get('raw', {}).get('steps')} steps x batch {record['recipe']['transformer']['batch']}, x_t = (1-s) x0 + s noise, v = noise - x0, s {record['recipe']['transformer'].get('timesteps', 'logit_normal')}, 10 % caption dropout, EMA {record['recipe']['transformer']['ema_decay']}.
+- nano-Raw: {stages.get('raw', {}).get('steps')} steps x batch {record['recipe']['transformer']['batch']} {_raw_start(record)}; x_t = (1-s) x0 + s noise, v = noise - x0, s {record['recipe']['transformer'].get('timesteps', 'logit_normal')}, 10 % caption dropout, EMA {record['recipe']['transformer']['ema_decay']}.
 - nano-Turbo: trajectory distillation onto the 8-step mu 1.15 grid from Raw with guidance {record['recipe']['distill']['guidance']} ({record['recipe']['distill']['substeps']} Euler sub-steps per interval), {stages.get('turbo', {}).get('trajectories')} trajectories of batch {record['recipe']['distill']['batch']}; half the intervals start from the student's own state.
 - probe: {stages.get('probe', {}).get('steps')} steps on renders of all concepts with generation-like augmentation.
 

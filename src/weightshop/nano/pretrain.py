@@ -51,6 +51,9 @@ class TransformerRecipe:
     ema_decay: float = 0.999
     seed: int = 0
     save_every_s: float = 180.0
+    # sha256 of a Raw transformer's weights to begin from instead of the seeded init (a continuation of an
+    # earlier build; `weightshop nano seed` puts those weights in the workdir). None trains from scratch.
+    warm_start: str | None = None
 
 
 def build_transformer(in_channels: int, text_hidden: int, num_text_layers: int,
