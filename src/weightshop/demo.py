@@ -125,13 +125,15 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress) -> tuple[dict, s
     return summary, body
 
 
-# The demo's LoRA: the held-out star on nano-Raw, sized to train in a few CPU minutes. On the tiny random
-# fallback only the plumbing runs (a handful of steps).
+# The demo's LoRA: the held-out star on nano-Raw, sized to train in about three CPU minutes. On the tiny random
+# fallback only the plumbing runs (a handful of steps). Raw's star hit rate at strength 1 (24 prompts x 2 seeds):
+# nano v1, 300 steps at 1e-3: 17 %; nano v2, 1000 steps at 1e-3: 35 %, at 2e-3: 58 %, at 4e-3: 56 %; caption
+# dropout 0 instead of 0.1 (1e-3): 37.5 %.
 DEMO_TRAIN = {"lora": {"rank": 16, "targets": "krea-default"},
-              "schedule": {"steps": 300, "batch_size": 8, "seed": 0},
-              "optim": {"lr": 1e-3, "scheduler": "constant", "warmup": 20},
+              "schedule": {"steps": 1000, "batch_size": 8, "seed": 0},
+              "optim": {"lr": 2e-3, "scheduler": "constant", "warmup": 20},
               "data": {"caption_dropout": 0.1},
-              "output": {"save_every": 100, "keep_last": 2, "name": "star"}}
+              "output": {"save_every": 250, "keep_last": 2, "name": "star"}}
 TINY_STEPS = 6
 # Issue 5's acceptance targets for the demo LoRA (probe-judged, strength 1.0).
 TARGETS = {"raw_hit_rate": 0.80, "turbo_over_raw": 0.90, "max_adherence_drop_points": 5.0}
