@@ -375,3 +375,18 @@ def test_the_card_says_how_raw_began():
     assert _raw_start({"recipe": {"transformer": asdict(TransformerRecipe())}}) == "from the seeded init"
     continued = _raw_start({"recipe": {"transformer": asdict(continued_raw())}})
     assert V1_RAW_SHA256[:12] in continued and "200-step warmup to lr 0.0003" in continued
+
+
+def test_score_counts_a_second_object_drawn_like_the_first():
+    two = _scene("left of")
+    truth = labels(two)
+    assert truth["colour"] != truth["colour2"] and truth["shape"] != truth["shape2"]
+    copied_colour = dict(truth, colour2=truth["colour"])
+    copied_shape = dict(truth, shape2=truth["shape"])
+    other = next(c for c in world.COLOURS if c not in (truth["colour"], truth["colour2"]))
+    wrong_not_copied = dict(truth, colour2=other)
+    result = score([truth, copied_colour, copied_shape, wrong_not_copied], [two] * 4)
+    assert result["object2_copies_object1"] == pytest.approx(2 / 4)
+    assert result["acc_colour2"] == pytest.approx(2 / 4) and result["acc_shape2"] == pytest.approx(3 / 4)
+    one = world.Scene((world.ObjectSpec("circle", "red", "small", "solid"),), "black", position="left", seed=1)
+    assert "object2_copies_object1" not in score([labels(one)], [one])

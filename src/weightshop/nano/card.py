@@ -53,8 +53,9 @@ def measure_family(root: Path, prompts: int, seeds: tuple[int, ...], progress=No
 
 
 def _table(rows: list[dict]) -> str:
-    keys = ["setting", "acc_shape", "acc_colour", "acc_size", "acc_fill", "acc_background", "acc_position",
-            "acc_relation", "all_correct", "seconds_per_image", "cpu_seconds_per_image"]
+    keys = ["setting", "acc_shape", "acc_colour", "acc_shape2", "acc_colour2", "object2_copies_object1", "acc_size",
+            "acc_fill", "acc_background", "acc_position", "acc_relation", "all_correct", "seconds_per_image",
+            "cpu_seconds_per_image"]
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     body = "".join("| " + " | ".join(
         f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |\n" for r in rows)
@@ -112,6 +113,9 @@ This card was written by `weightshop nano card`; every number below was measured
 
 ## Measured quality ({quality['rows'][0]['n']} prompt x seed pairs, probe-judged)
 {_table(quality['rows'])}
+`acc_shape2` / `acc_colour2`: the second object of two-object prompts; `object2_copies_object1`: the share of
+two-object prompts whose second object came out with the first one's shape or colour instead of its own
+(attribute binding failing).
 Turbo is {quality['speedup']:.1f}x faster per image than Raw at its preset. Targets: {json.dumps(quality['targets'])}.
 Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.
 

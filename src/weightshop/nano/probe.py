@@ -155,15 +155,19 @@ def relevant(truth: dict[str, str]) -> tuple[str, ...]:
 
 
 def score(predicted: list[dict], scenes: list) -> dict:
-    """Per-attribute accuracy, all-attributes-correct rate, and held-out concept hit rate."""
+    """Per-attribute accuracy, all-attributes-correct rate, held-out concept hit rate, and how often a two-object
+    prompt's second object is drawn with the first one's shape or colour instead of its own
+    (`object2_copies_object1`: attribute binding failing, over the two-object prompts)."""
     truths = [labels(s) for s in scenes]
     per: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
-    all_ok, concept = [], []
+    all_ok, concept, copies = [], [], []
     for p, t in zip(predicted, truths):
         keys = relevant(t)
         for k in keys:
             per[k].append(p[k] == t[k])
         all_ok.append(all(p[k] == t[k] for k in keys))
+        if t["count"] != "one":
+            copies.append(any(p[k + "2"] != t[k + "2"] and p[k + "2"] == t[k] for k in ("shape", "colour")))
         if t["shape"] == "star" or t["shape2"] == "star":
             concept.append("star" in (p["shape"], p["shape2"]))
         if t["fill"] == "striped":
@@ -172,6 +176,8 @@ def score(predicted: list[dict], scenes: list) -> dict:
     result["all_correct"] = float(np.mean(all_ok))
     if concept:
         result["concept_hit_rate"] = float(np.mean(concept))
+    if copies:
+        result["object2_copies_object1"] = float(np.mean(copies))
     result["n"] = len(scenes)
     return result
 
