@@ -390,3 +390,14 @@ def test_score_counts_a_second_object_drawn_like_the_first():
     assert result["acc_colour2"] == pytest.approx(2 / 4) and result["acc_shape2"] == pytest.approx(3 / 4)
     one = world.Scene((world.ObjectSpec("circle", "red", "small", "solid"),), "black", position="left", seed=1)
     assert "object2_copies_object1" not in score([labels(one)], [one])
+
+
+def test_a_seeded_build_carries_its_warm_start(smoke, tmp_path):
+    root, record = smoke
+    build = Build(tmp_path / "work", tmp_path / "weights", _continuing(root))
+    build.seed_from(root / "weights", record)
+    carried = build.carry(tmp_path / "carried")
+    assert "warm_start/diffusion_pytorch_model.safetensors" in carried
+    there = Build(tmp_path / "carried", tmp_path / "weights", _continuing(root))
+    assert all(torch.equal(a, b) for a, b in zip(there.raw_start().state_dict().values(),
+                                                 build.raw_start().state_dict().values()))

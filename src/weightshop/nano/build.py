@@ -207,7 +207,8 @@ class Build:
             raise WeightshopError(
                 f"{weights.parent}: the recipe's Raw continues from weights with sha256 {expected[:12]}..., which are "
                 f"not here: run `weightshop nano seed FAMILY --record BUILD_JSON --workdir {self.workdir}` with the "
-                "family that holds them (v1: git checkout 4371eb6 -- src/weightshop/nano/weights)")
+                "family that holds them" + (" (v1: git checkout 4371eb6 -- src/weightshop/nano/weights)"
+                                            if expected == V1_RAW_SHA256 else ""))
         actual = sha256_file(weights)
         if actual != expected:
             raise WeightshopError(f"{weights}: sha256 {actual[:12]}... but the recipe continues from {expected[:12]}...; "
@@ -298,12 +299,15 @@ class Build:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         copied = []
-        shutil.copytree(self.final, dest / "final", symlinks=True, dirs_exist_ok=True)
-        copied += [str(p.relative_to(dest)) for p in sorted((dest / "final").rglob("*")) if p.is_file()]
+
+        def copy_tree(name: str) -> None:
+            shutil.copytree(self.workdir / name, dest / name, symlinks=True, dirs_exist_ok=True)
+            copied.extend(str(p.relative_to(dest)) for p in sorted((dest / name).rglob("*")) if p.is_file())
+
+        copy_tree(self.final.name)
         in_progress = [s for s in self.record["started"] if s not in self.record["stages"]]
         if "raw" not in self.record["stages"] and (self.workdir / WARM_START).is_dir():
-            shutil.copytree(self.workdir / WARM_START, dest / WARM_START, dirs_exist_ok=True)
-            copied += [str(p.relative_to(dest)) for p in sorted((dest / WARM_START).rglob("*")) if p.is_file()]
+            copy_tree(WARM_START)
         for stage in in_progress:
             for suffix in (".json", ".safetensors"):
                 path = self.workdir / f"{stage}_state{suffix}"
