@@ -23,8 +23,9 @@ def build(
     redo: str = typer.Option(None, help="Forget this stage and every later one (their state too), then run."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train krea2-nano from scratch: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
+    """Train krea2-nano: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
 
+    The current recipe's Raw continues family v1's: seed the workdir with `weightshop nano seed` first.
     Resumable: finished stages are skipped, an interrupted stage continues from its last save.
     """
     from weightshop.errors import WeightshopError
