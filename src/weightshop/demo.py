@@ -128,7 +128,8 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress) -> tuple[dict, s
 # The demo's LoRA: the held-out star on nano-Raw, sized to train in about three CPU minutes. On the tiny random
 # fallback only the plumbing runs (a handful of steps). Raw's star hit rate at strength 1 (24 prompts x 2 seeds):
 # nano v1, 300 steps at 1e-3: 17 %; nano v2, 1000 steps at 1e-3: 35 %, at 2e-3: 58 %, at 4e-3: 56 %; caption
-# dropout 0 instead of 0.1 (1e-3): 37.5 %; rank 32 (2e-3): 50 %.
+# dropout 0 instead of 0.1 (1e-3): 37.5 %; rank 32 (2e-3): 50 %. nano v3 (2e-3): 48 %; without the 9 images the
+# curate stage flags for a repeated mark: 56 % at 1000 steps, 58 % at 2000 (docs/transfer.md).
 DEMO_TRAIN = {"lora": {"rank": 16, "targets": "krea-default"},
               "schedule": {"steps": 1000, "batch_size": 8, "seed": 0},
               "optim": {"lr": 2e-3, "scheduler": "constant", "warmup": 20},

@@ -25,7 +25,7 @@ def build(
 ) -> None:
     """Train krea2-nano: world -> VAE -> text encoder -> probe -> Raw -> Turbo -> package -> card.
 
-    The current recipe's Raw continues family v1's: seed the workdir with `weightshop nano seed` first.
+    The current recipe's Raw continues family v2's: seed the workdir with `weightshop nano seed` first.
     Resumable: finished stages are skipped, an interrupted stage continues from its last save.
     """
     from weightshop.errors import WeightshopError
@@ -77,7 +77,7 @@ def seed(
     workdir: Path = typer.Option(Path("weightshop-out/nano-build"), help="The fresh build to seed."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Start a build from a packaged family: its VAE, text encoder, probe (and Raw, for a recipe that continues it)."""
+    """Start a build from a packaged family: its VAE, text encoder, probe where the recipe kept them (and Raw, for a recipe that continues it)."""
     import json
 
     from weightshop.errors import WeightshopError
@@ -92,8 +92,12 @@ def seed(
     stages = Build(workdir, recipe=NanoRecipe()).seed_from(root, previous)
     emit({"workdir": str(workdir), "seeded": stages}, as_json)
     if not as_json:
-        console.print(f"seeded {', '.join(stages)} in {workdir} from {root}: run "
-                      f"`weightshop nano build --workdir {workdir}` to go on from Raw")
+        from weightshop.nano.build import SEEDED_STAGES
+
+        redo = [s for s in SEEDED_STAGES if s not in stages]
+        console.print(f"seeded {', '.join(stages)} in {workdir} from {root}"
+                      + (f" ({', '.join(redo)}: the recipe changed, so the build redoes it)" if redo else "")
+                      + f": run `weightshop nano build --workdir {workdir}` to go on")
 
 
 @app.command("verify")

@@ -37,13 +37,18 @@ STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transfor
 SEEDED_STAGES = ("world", "vae", "text", "probe")
 WARM_START = "warm_start"
 # The second build's Raw (family v1, commit 4371eb6, recipe docs/benchmarks/nano-build-v1.json) stopped with its loss
-# still falling and shape at 59.5 %: the current recipe continues it rather than starting over.
+# still falling and shape at 59.5 %: family v2 continued it (commit 084dd85, docs/benchmarks/nano-build-v2.json).
 V1_RAW_SHA256 = "443d44e9c8eafe6fcf0e335a874be3039c84006a2fd9fe4d4410ef5c91446ee4"
+# v2's Raw drew single objects right (shape 98 %, colour 100 %) but bound two objects' attributes at chance: the
+# random-init text encoder's features did not say which words belong together. v3 keeps v2's Raw as its start and
+# trains it on the text encoder trained for binding (TextRecipe.steps).
+V2_RAW_SHA256 = "cdbca4060e33ab124b1fd67c011d013bd626d940803752296c89a5934ff1e903"
+CHECKOUTS = {V1_RAW_SHA256: "4371eb6", V2_RAW_SHA256: "f998d63"}
 
 
 def continued_raw() -> TransformerRecipe:
-    """Raw v2: 4000 more steps from v1's weights, a short warmup to a lower peak rate, the same objective."""
-    return TransformerRecipe(steps=4000, lr=3e-4, warmup=200, warm_start=V1_RAW_SHA256)
+    """Raw v3: 4000 more steps from v2's weights on the binding text encoder, short warmup, the same objective."""
+    return TransformerRecipe(steps=4000, lr=3e-4, warmup=200, warm_start=V2_RAW_SHA256)
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,8 @@ class Build:
         tokenizer.save_pretrained(self.final / "tokenizer")
         encoder, info = train_text_encoder(self.workdir, tokenizer, r, progress=self.progress)
         encoder.save_pretrained(self.final / "text_encoder")
-        return {"steps": info["step"], "final_lm_loss": info["history"][-1]["loss"] if info["history"] else None,
-                "vocab": len(tokenizer)}
+        return {"steps": info["step"], "final_readout_loss": info["history"][-1]["loss"] if info["history"] else None,
+                "heldout_readout_accuracy": info.get("heldout_readout_accuracy"), "vocab": len(tokenizer)}
 
     def components(self):
         """The trained VAE, text encoder and tokenizer as weightshop SharedComponents."""
@@ -207,8 +212,8 @@ class Build:
             raise WeightshopError(
                 f"{weights.parent}: the recipe's Raw continues from weights with sha256 {expected[:12]}..., which are "
                 f"not here: run `weightshop nano seed FAMILY --record BUILD_JSON --workdir {self.workdir}` with the "
-                "family that holds them" + (" (v1: git checkout 4371eb6 -- src/weightshop/nano/weights)"
-                                            if expected == V1_RAW_SHA256 else ""))
+                "family that holds them" + (f" (git checkout {CHECKOUTS[expected]} -- src/weightshop/nano/weights)"
+                                            if expected in CHECKOUTS else ""))
         actual = sha256_file(weights)
         if actual != expected:
             raise WeightshopError(f"{weights}: sha256 {actual[:12]}... but the recipe continues from {expected[:12]}...; "
@@ -220,10 +225,11 @@ class Build:
         return self._warm_start() if self.recipe.transformer.warm_start else self._fresh_transformer(shared)
 
     def seed_from(self, family_root: Path, record: dict) -> list[str]:
-        """Begin this (fresh) build from a packaged family: its VAE, text encoder, tokenizer, probe and world preview
-        become the finished world/vae/text/probe stages, with the results `record` (the build record that made the
-        family) gives them, and its Raw transformer goes to workdir/warm_start for a recipe that continues it.
-        Refused when `record` used another recipe for those stages. Returns the seeded stages."""
+        """Begin this (fresh) build from a packaged family: of its world, VAE, text encoder (with tokenizer) and
+        probe, each one `record` (the build record that made the family) made with this build's recipe becomes a
+        finished stage with the result the record gives it; a stage whose recipe changed is left for this build to
+        redo. The family's Raw transformer goes to workdir/warm_start for a recipe that continues it. Returns the
+        seeded stages."""
         import shutil
 
         from weightshop.errors import WeightshopError
@@ -243,23 +249,26 @@ class Build:
             if stage not in record.get("stages", {}):
                 raise WeightshopError(f"build record: stage {stage!r} is not finished in it; expected the build.json "
                                       "of the build that packaged the family")
-            key = STAGE_RECIPE.get(stage)
-            if key and record.get("recipe", {}).get(key) != self.stage_recipe(stage):
-                raise WeightshopError(f"build record: its {key!r} recipe differs from this build's, so the family's "
-                                      f"{stage} is not what this recipe would make")
-        for part in ("vae", "text_encoder", "tokenizer"):
-            shutil.copytree(raw / part, self.final / part, dirs_exist_ok=True)
-        shutil.copytree(root / "probe", self.final / "probe", dirs_exist_ok=True)
+        seeded = [stage for stage in SEEDED_STAGES if STAGE_RECIPE.get(stage) is None
+                  or record.get("recipe", {}).get(STAGE_RECIPE[stage]) == self.stage_recipe(stage)]
+        if "vae" not in seeded:
+            raise WeightshopError("build record: its 'vae' recipe differs from this build's; a family whose VAE "
+                                  "changed cannot seed it (every latent would change): build from scratch")
+        copies = {"vae": [(raw / "vae", self.final / "vae")], "probe": [(root / "probe", self.final / "probe")],
+                  "text": [(raw / part, self.final / part) for part in ("text_encoder", "tokenizer")]}
+        for stage in seeded:
+            for src, dst in copies.get(stage, []):
+                shutil.copytree(src, dst, dirs_exist_ok=True)
         shutil.copy2(root / "world_preview.png", self.final / "world_preview.png")
         shutil.copytree(raw / "transformer", self.workdir / WARM_START, dirs_exist_ok=True)
-        for stage in SEEDED_STAGES:
+        for stage in seeded:
             self.record["stages"][stage] = record["stages"][stage]
             self.record["started"][stage] = self.stage_recipe(stage)
         self.record["seeded_from"] = {
-            "family": str(root), "stages": list(SEEDED_STAGES),
+            "family": str(root), "stages": seeded,
             "raw_sha256": sha256_file(self.workdir / WARM_START / "diffusion_pytorch_model.safetensors")}
         atomic_write_json(self.record_path, self.record)
-        return list(SEEDED_STAGES)
+        return seeded
 
     def stage_raw(self) -> dict | None:
         r = self.recipe.transformer
