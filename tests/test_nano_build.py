@@ -260,22 +260,6 @@ def test_readout_targets_follow_the_picture_not_the_caption_order():
     assert (one["shape2"], one["colour2"], one["size2"], one["layout"]) == ("none", "none", "none", "top")
 
 
-def test_the_encoders_training_layout_is_the_pipelines():
-    """The readout trains on exactly the features Krea2Pipeline will tap: same tokens, positions and mask."""
-    from weightshop.models.loading import load_pair
-    from weightshop.nano.text import encode_layout
-
-    if not family.installed():
-        pytest.skip("krea2-nano weights not built")
-    pipe = load_pair(family.RAW_DIR, family.TURBO_DIR, dtype="fp32").raw.pipeline
-    captions = ["a red circle left of a blue square", "tiny green triangle at the top, white background"]
-    with torch.no_grad():
-        expected, mask = pipe.get_text_hidden_states(captions, 32, torch.device("cpu"))
-        hidden, ours = encode_layout(pipe.text_encoder, pipe.tokenizer, captions, 32)
-    got = torch.stack([hidden[i] for i in pipe.text_encoder_select_layers], dim=2)
-    assert torch.equal(mask, ours) and torch.allclose(got, expected, atol=1e-6)
-
-
 def test_a_workdir_without_its_caches_samples_the_same_scenes(smoke, tmp_path):
     """A build carried to another machine without raw_scenes.json / raw_latents.safetensors (hundreds of MB)
     resumes Turbo on the very scenes Raw was trained on."""

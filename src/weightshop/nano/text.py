@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weightshop.models.loading import text_pipeline
 from weightshop.models.tokenizer import (PREFIX_TOKENS, PROMPT_PREFIX, PROMPT_SUFFIX, SUFFIX_TOKENS,
                                          train_krea2_tokenizer)
 from weightshop.nano import world
@@ -114,19 +115,6 @@ def readout_targets(scene) -> dict[str, int]:
     return {k: READOUT[k].index(v) for k, v in values.items()}
 
 
-def encode_layout(encoder, tokenizer, captions: list[str], max_sequence_length: int):
-    """The encoder's hidden states in Krea2Pipeline's layout ([prefix | caption | pad | suffix], positions counting
-    only real tokens, the 34 prefix tokens dropped), as `get_text_hidden_states` lays them out; and the mask."""
-    text = tokenizer([PROMPT_PREFIX + c for c in captions], truncation=True, padding="max_length",
-                     max_length=max_sequence_length + PREFIX_TOKENS - SUFFIX_TOKENS, return_tensors="pt")
-    suffix = tokenizer([PROMPT_SUFFIX] * len(captions), return_tensors="pt")
-    ids = torch.cat([text.input_ids, suffix.input_ids], dim=1)
-    mask = torch.cat([text.attention_mask, suffix.attention_mask], dim=1).bool()
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
-    out = encoder(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
-    return [h[:, PREFIX_TOKENS:] for h in out.hidden_states], mask[:, PREFIX_TOKENS:]
-
-
 class Readout(torch.nn.Module):
     """Linear heads reading the scene (READOUT) off the last layer at the suffix tokens; discarded after training."""
 
@@ -138,11 +126,12 @@ class Readout(torch.nn.Module):
         return {k: head(features) for k, head in self.heads.items()}
 
 
-def readout_loss(encoder, readout: Readout, tokenizer, scenes: list, captions: list[str],
+def readout_loss(text_pipe, readout: Readout, scenes: list, captions: list[str],
                  max_sequence_length: int) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy of every READOUT head at each of the 5 suffix tokens, and the heads' accuracy."""
-    hidden, _ = encode_layout(encoder, tokenizer, captions, max_sequence_length)
-    features = hidden[-1][:, -SUFFIX_TOKENS:]  # (B, 5, hidden)
+    """Cross-entropy of every READOUT head at each of the 5 suffix tokens of the last tapped layer, and the heads'
+    accuracy. `text_pipe` (models.loading.text_pipeline) encodes exactly as Krea2Pipeline will at sampling time."""
+    hidden, _ = text_pipe.get_text_hidden_states(captions, max_sequence_length, torch.device("cpu"))
+    features = hidden[:, -SUFFIX_TOKENS:, -1]  # (B, 5, hidden)
     targets = [readout_targets(s) for s in scenes]
     losses, correct = [], []
     for key, logits in readout(features).items():
@@ -161,6 +150,7 @@ def train_text_encoder(workdir: Path, tokenizer, recipe: TextRecipe = TextRecipe
     torch.manual_seed(recipe.seed)
     encoder = build_text_encoder(len(tokenizer), recipe)
     encoder.get_input_embeddings().requires_grad_(False)
+    text_pipe = text_pipeline(encoder, tokenizer, recipe.select_layers)
     readout = Readout(recipe.hidden)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(readout.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
@@ -169,7 +159,7 @@ def train_text_encoder(workdir: Path, tokenizer, recipe: TextRecipe = TextRecipe
     def step_loss(step: int):
         rng = np.random.default_rng([recipe.seed, step])  # per-step data: exact resume
         batch = [corpus[i] for i in rng.integers(len(corpus), size=recipe.batch)]
-        return readout_loss(encoder, readout, tokenizer, [s for s, _ in batch], [c for _, c in batch],
+        return readout_loss(text_pipe, readout, [s for s, _ in batch], [c for _, c in batch],
                             recipe.max_sequence_length)
 
     encoder.train()
@@ -180,7 +170,7 @@ def train_text_encoder(workdir: Path, tokenizer, recipe: TextRecipe = TextRecipe
     if recipe.steps:
         held = scene_captions(200, recipe.seed + 2)
         with torch.no_grad():
-            _, metrics = readout_loss(encoder, readout, tokenizer, [s for s, _ in held], [c for _, c in held],
+            _, metrics = readout_loss(text_pipe, readout, [s for s, _ in held], [c for _, c in held],
                                       recipe.max_sequence_length)
         info["heldout_readout_accuracy"] = metrics["readout_accuracy"]
     return encoder, info
