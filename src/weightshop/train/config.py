@@ -105,12 +105,15 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _dora_needs_the_base_weights(self):
-        # DoRA's magnitude is the norm of the base weight, which peft reads straight from the layer: a quantized
-        # base would give it the stored codes, not the weights.
-        if self.lora.dora and self.memory.base_dtype != "none":
-            raise ValueError(f"lora.dora needs the base weights in full precision: memory.base_dtype is "
-                             f"{self.memory.base_dtype!r}; set memory.base_dtype: none or lora.dora: false")
+    def _no_dora_until_the_loaders_read_it(self):
+        # peft trains DoRA, but weightshop's LoRA loader (apply, transfer, convert, merge, the ComfyUI export, and
+        # the trainer's own reload check into Turbo) reads plain LoRA only: a DoRA run trained to the end and then
+        # failed that check (measured on nano, 2026-11-27). Refused up front until the loader learns the
+        # magnitude vectors. (DoRA will also need a full-precision base: peft reads its magnitude from the weight.)
+        if self.lora.dora:
+            raise ValueError("lora.dora: weightshop's LoRA loaders (apply, transfer, convert, merge, ComfyUI export "
+                             "and the trainer's reload check) read plain LoRA only, so a DoRA run could not be used "
+                             "or verified; set lora.dora: false")
         return self
 
 
