@@ -116,7 +116,7 @@ def readout_targets(scene) -> dict[str, int]:
 
 
 class Readout(torch.nn.Module):
-    """Linear heads reading the scene (READOUT) off the last layer at the suffix tokens; discarded after training."""
+    """Linear heads reading the scene (READOUT) off the last tapped layer at the suffix tokens; discarded after training."""
 
     def __init__(self, hidden: int):
         super().__init__()
