@@ -227,7 +227,11 @@ def test_bad_files_name_their_problem(model, files, tmp_path):
                       f"module transformer_blocks.0.attn.to_q has {q}.lora_A.weight but no up tensor"),
         "rank_clash": (pair(b=(32, 3)), "(4, 32) and transformer.transformer_blocks.0.attn.to_q.lora_B.weight (32, 3) "
                                         "are not a LoRA pair"),
-        "dora": ({**pair(), f"{q}.lora_magnitude_vector": torch.ones(32)}, "is a DoRA adapter"),
+        "dora_shape": ({**pair(), f"{q}.lora_magnitude_vector": torch.ones(31)},
+                       f"DoRA magnitude {q}.lora_magnitude_vector has shape (31,); module transformer_blocks.0.attn.to_q "
+                       "has 32 output rows"),
+        "dora_mixed": ({**pair(), **pair(prefix=q.replace("to_q", "to_k")), f"{q}.lora_magnitude_vector": torch.ones(32)},
+                       "mixes DoRA and plain LoRA modules (1 have a magnitude vector, 1 do not"),
         "kohya_unknown": (pair(prefix="lora_unet_blocks_0_attn_qkv"),
                           "name no Krea 2 Linear layer (e.g. lora_unet_blocks_0_attn_qkv.lora_A.weight"),
     }

@@ -57,8 +57,8 @@ def test_unknown_keys_and_bad_values_are_named(tmp_path):
         load_config(preset="huge")
     with pytest.raises(WeightshopError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(WeightshopError, match="lora.dora: weightshop's LoRA loaders .* read plain LoRA only"):
-        load_config(overrides=["data.manifest=m.json", "lora.dora=true"])
+    with pytest.raises(WeightshopError, match="lora.dora needs the base in full precision .* memory.base_dtype is 'fp8'"):
+        load_config(overrides=["data.manifest=m.json", "lora.dora=true", "memory.base_dtype=fp8"])
 
 
 def test_presets_overrides_and_alpha_default():
@@ -108,6 +108,24 @@ def test_training_writes_a_lora_that_loads_everywhere(tiny_dirs, manifest_path, 
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(np.isfinite(json.loads(l)["loss"]) for l in lines)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000004"]
+
+
+def test_a_dora_run_saves_magnitudes_that_load_everywhere(tiny_dirs, manifest_path, tmp_path):
+    from weightshop.lora import load_canonical
+
+    result = train(config(tiny_dirs, manifest_path, tmp_path / "run", **{"lora.dora": "true", "lora.alpha": 8,
+                                                                           "optim.lr": 1e-2}))
+    assert result["verified_on"]["modules_injected"] == result["modules"] == 5 * 4  # reloaded into Turbo as DoRA
+    canon = load_canonical(result["lora"])
+    assert all(m.is_dora and m.alpha == m.rank for m in canon.modules.values())
+    with safe_open(result["lora"], "pt") as f:
+        assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.use_dora"] is True
+    # the magnitudes trained: they left their start, the rows' norms of Raw's weights
+    from weightshop.models.loading import load_model
+
+    layers = dict(load_model(tiny_dirs[0], dtype="fp32").pipeline.transformer.named_modules())
+    moved = [float((m.magnitude - layers[n].weight.detach().norm(dim=1)).abs().max()) for n, m in canon.modules.items()]
+    assert max(moved) > 1e-3
 
 
 def test_alpha_is_folded_into_lora_b(tiny_dirs, manifest_path, tmp_path):

@@ -50,7 +50,7 @@ def inspect(
     bad = [f["model"] for f in report["fits"] if not f["fits"]]
     fits = (f"[green]{', '.join(good)}[/]" if good else "[red]none[/]") + (f" (not: {', '.join(bad)})" if bad else "")
     console.print(f"[bold]{file}[/]  format [bold]{report['format']}[/]  {report['modules']} modules, "
-                  f"{report['parameters']:,} parameters")
+                  f"{report['parameters']:,} parameters" + ("  [bold]DoRA[/] (magnitude vectors)" if report["dora"] else ""))
     console.print(f"ranks {report['ranks']}  alphas {report['alphas']}  (alpha from {report['alpha_sources']})")
     console.print(f"fits: {fits}")
     console.print("targets: " + ", ".join(report["targets"]))

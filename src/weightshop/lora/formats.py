@@ -18,6 +18,13 @@ Canonical form: diffusers module name -> LoraModule(down, up, alpha), delta W = 
 Writing is exact for every consumer: kohya keeps per-module `.alpha` keys (read by ComfyUI and kohya
 tools alike); the other formats fold alpha / rank into `up` and declare alpha == rank (metadata for
 diffusers; no `.alpha` keys for comfyui / aitoolkit, which diffusers' converter would reject).
+
+DoRA (peft `use_dora`): a module also has a magnitude vector m, one entry per output row, and the adapted
+weight is m * V / ||V|| with V = W + strength * delta and the norm taken over each row (`adapted_weight`).
+peft, diffusers and aitoolkit name it `<module>.lora_magnitude_vector` with shape (out,); ComfyUI and
+kohya/LyCORIS name it `<module>.dora_scale` with shape (out, 1). Both are read and written. At strength 1
+every consumer computes the same weight; at other strengths peft scales delta inside the norm (above)
+while ComfyUI interpolates between W and the strength-1 weight, so the two differ there.
 """
 
 from __future__ import annotations
@@ -44,24 +51,32 @@ FORMAT_SPECIFIC_METADATA = ("format", ADAPTER_METADATA, FORMAT_METADATA)
 
 _KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
 _DOTTED_PREFIXES = ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
-_ROLE = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
+_ROLE = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up", "dora_scale": "magnitude"}
 _DOTTED_KEY = re.compile(r"^(?P<module>.+?)\.(?P<role>lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight$")
 _KOHYA_KEY = re.compile(
-    r"^(?:lora_unet_|lora_transformer_)(?P<stem>[^.]+)\.(?P<role>lora_down|lora_up|alpha)(?:\.weight)?$")
+    r"^(?:lora_unet_|lora_transformer_)(?P<stem>[^.]+)\.(?P<role>lora_down|lora_up|alpha|dora_scale)(?:\.weight)?$")
 _ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
+_MAGNITUDE_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora_magnitude_vector|dora_scale)(?:\.[\w-]+)*$")
+MAGNITUDE_NAMES = {"diffusers": "lora_magnitude_vector", "aitoolkit": "lora_magnitude_vector", "comfyui": "dora_scale",
+                   "kohya": "dora_scale"}
 _BLOCK_INDEX = re.compile(r"(blocks)\.\d+\.")
 # Adapter families a plain LoRA cannot represent: refused by name rather than reported as unmatched keys.
-_UNSUPPORTED = {"hada_": "LyCORIS LoHa", "lokr_": "LyCORIS LoKr", "dora_scale": "DoRA",
-                "lora_magnitude_vector": "DoRA", ".lora_B.bias": "LoRA with bias", ".lora_up.bias": "LoRA with bias"}
+_UNSUPPORTED = {"hada_": "LyCORIS LoHa", "lokr_": "LyCORIS LoKr", ".lora_B.bias": "LoRA with bias",
+                ".lora_up.bias": "LoRA with bias"}
 
 
 @dataclass(frozen=True)
 class LoraModule:
-    """One adapted Linear: delta W = up @ down * alpha / rank."""
+    """One adapted Linear: delta W = up @ down * alpha / rank (and, for DoRA, a magnitude per output row)."""
 
     down: torch.Tensor  # (rank, in_features): peft lora_A, kohya lora_down
     up: torch.Tensor  # (out_features, rank): peft lora_B, kohya lora_up
     alpha: float
+    magnitude: torch.Tensor | None = None  # (out_features,): DoRA's m (peft lora_magnitude_vector); None: LoRA
+
+    @property
+    def is_dora(self) -> bool:
+        return self.magnitude is not None
 
     @property
     def rank(self) -> int:
@@ -91,7 +106,23 @@ class LoraModule:
             return self
         keep_dtype = self.up.dtype in (torch.float32, torch.float64) or math.frexp(abs(s))[0] == 0.5
         up = (self.up.double() if self.up.dtype == torch.float64 else self.up.float()) * s
-        return LoraModule(self.down, up.to(self.up.dtype) if keep_dtype else up, float(self.rank))
+        return LoraModule(self.down, up.to(self.up.dtype) if keep_dtype else up, float(self.rank), self.magnitude)
+
+
+def adapted_weight(weight: torch.Tensor, module: LoraModule, strength: float = 1.0) -> torch.Tensor:
+    """The weight a Linear computes with once `module` is applied at `strength`, in float32.
+
+    LoRA: W + strength * delta. DoRA, as peft computes it: V = W + strength * delta, then each output row of V
+    rescaled to the magnitude m (m * V / ||V||_row); at strength 1 ComfyUI computes the same.
+    """
+    v = weight.float() + strength * module.delta()
+    if module.magnitude is None:
+        return v
+    return v * (module.magnitude.float() / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1)
+
+
+def dora_modules(canon: "CanonicalLora") -> list[str]:
+    return [name for name, m in canon.modules.items() if m.is_dora]
 
 
 @dataclass
@@ -170,10 +201,12 @@ def parse_key(key: str) -> tuple[str | None, str] | None:
         m = _KOHYA_KEY.match(key)
         if not m:
             return None
-        return kohya_to_diffusers_module(m.group("stem")), _ROLE.get(m.group("role"), "alpha")
+        return kohya_to_diffusers_module(m.group("stem")), _ROLE.get(m.group("role"), m.group("role"))
     m = _DOTTED_KEY.match(key)
     if m:
         module, role = m.group("module"), _ROLE[m.group("role")]
+    elif (m := _MAGNITUDE_KEY.match(key)):
+        module, role = m.group("module"), "magnitude"
     elif (m := _ALPHA_KEY.match(key)):
         module, role = m.group("module"), "alpha"
     else:
@@ -219,9 +252,6 @@ def _adapter_config(metadata: dict, source: str) -> dict | None:
     except json.JSONDecodeError as e:
         raise WeightshopError(f"LoRA file {source}: metadata {ADAPTER_METADATA} is not JSON ({e.msg})") from None
     config = {k.removeprefix("transformer."): v for k, v in config.items()}
-    if config.get("use_dora"):
-        raise WeightshopError(f"LoRA file {source} is a DoRA adapter (use_dora in {ADAPTER_METADATA}): "
-                              "weightshop handles plain LoRA only")
     return config
 
 
@@ -320,10 +350,31 @@ def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
             if alpha is None:
                 alpha, origin = float(down.shape[0]), "folded" if declared_folded else "absent"
         alpha_from[origin] += 1
-        modules[module] = LoraModule(down, up, alpha)
+        magnitude = None
+        if "magnitude" in p:
+            key, t = p["magnitude"]
+            if t.numel() != up.shape[0] or t.squeeze().ndim > 1:
+                raise WeightshopError(f"LoRA file {source}: DoRA magnitude {key} has shape {tuple(t.shape)}; module "
+                                      f"{module} has {up.shape[0]} output rows, so expected ({up.shape[0]},) or "
+                                      f"({up.shape[0]}, 1)")
+            if not torch.isfinite(t).all():
+                nonfinite.append(key)
+                if strict:
+                    raise WeightshopError(f"LoRA file {source}: {key} (module {module}) holds NaN or inf values")
+            magnitude = t.reshape(-1)
+        modules[module] = LoraModule(down, up, alpha, magnitude)
     if not modules:
         raise WeightshopError(f"LoRA file {source} has no LoRA tensors for any Krea 2 module "
                               f"(its keys: {_describe(sorted(tensors))})")
+    dora = [name for name, m in modules.items() if m.is_dora]
+    if dora and len(dora) != len(modules):
+        plain = sorted(set(modules) - set(dora))
+        raise WeightshopError(f"LoRA file {source} mixes DoRA and plain LoRA modules ({len(dora)} have a magnitude "
+                              f"vector, {len(plain)} do not, e.g. {plain[0]}): peft and diffusers apply DoRA to every "
+                              "module of an adapter or to none, so this file cannot be applied as written")
+    if (config or {}).get("use_dora") and not dora:
+        raise WeightshopError(f"LoRA file {source} declares use_dora in {ADAPTER_METADATA} but holds no magnitude "
+                              "vectors (lora_magnitude_vector or dora_scale keys): the file is incomplete")
     carried = {k: v for k, v in metadata.items() if k not in FORMAT_SPECIFIC_METADATA}
     return CanonicalLora(modules, carried, fmt, source, unmatched, dict(alpha_from), nonfinite)
 
@@ -346,13 +397,13 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def peft_metadata(ranks: dict[str, int]) -> dict:
+def peft_metadata(ranks: dict[str, int], dora: bool = False) -> dict:
     """diffusers' lora_adapter_metadata for modules with these ranks and alpha == rank everywhere."""
     r = collections.Counter(ranks.values()).most_common(1)[0][0]
     pattern = {name: rank for name, rank in ranks.items() if rank != r}
     config = {"r": r, "lora_alpha": float(r), "rank_pattern": pattern,
               "alpha_pattern": {k: float(v) for k, v in pattern.items()},
-              "target_modules": sorted(ranks), "use_dora": False, "use_rslora": False}
+              "target_modules": sorted(ranks), "use_dora": dora, "use_rslora": False}
     return {f"transformer.{k}": v for k, v in config.items()}
 
 
@@ -368,13 +419,18 @@ def from_canonical(canon: CanonicalLora, fmt: str) -> tuple[dict[str, torch.Tens
             tensors[f"{stem}.alpha"] = torch.tensor(module.alpha, dtype=torch.float32)
         else:
             f = module.folded()
-            base = PREFIXES[fmt] + (name if fmt == "diffusers" else module_to_original(name))
-            tensors[f"{base}.lora_A.weight"] = f.down
-            tensors[f"{base}.lora_B.weight"] = f.up
+            stem = PREFIXES[fmt] + (name if fmt == "diffusers" else module_to_original(name))
+            tensors[f"{stem}.lora_A.weight"] = f.down
+            tensors[f"{stem}.lora_B.weight"] = f.up
+        if module.is_dora:
+            magnitude = module.magnitude.contiguous()
+            tensors[f"{stem}.{MAGNITUDE_NAMES[fmt]}"] = (magnitude if MAGNITUDE_NAMES[fmt] == "lora_magnitude_vector"
+                                                         else magnitude.unsqueeze(1))
     metadata = {k: v for k, v in canon.metadata.items() if k not in FORMAT_SPECIFIC_METADATA}
     if fmt == "diffusers":
         metadata["format"] = "pt"
-        metadata[ADAPTER_METADATA] = json.dumps(peft_metadata(canon.ranks()), sort_keys=True)
+        metadata[ADAPTER_METADATA] = json.dumps(peft_metadata(canon.ranks(), bool(dora_modules(canon))),
+                                                sort_keys=True)
     alpha_rule = ("per-module .alpha keys (delta = up @ down * alpha / rank)" if fmt == "kohya"
                   else "alpha == rank: alpha / rank folded into lora_B (delta = lora_B @ lora_A)")
     metadata[FORMAT_METADATA] = json.dumps({"format": fmt, "alpha": alpha_rule, "read_from": canon.format})

@@ -152,6 +152,10 @@ def _warnings(canon: CanonicalLora, keys: list[str], fits: list[dict]) -> list[s
         out.append("diffusers' load_lora_weights cannot apply this file as is (lora_unet_ / model.diffusion_model. / "
                    "bare names load as a silent no-op; lora_down/lora_up and .alpha keys raise): weightshop converts "
                    "it; for diffusers itself use `weightshop lora convert --to diffusers`")
+    if any(m.is_dora for m in canon.modules.values()):
+        out.append("DoRA: at strength 1 diffusers, ComfyUI and weightshop apply the same weights; at other strengths "
+                   "diffusers/weightshop scale the change inside DoRA's row norm while ComfyUI interpolates between the "
+                   "base and the strength-1 weights, so a strength sweep differs between them")
     if fits and not any(f["fits"] for f in fits):
         out.append("fits none of the models checked (" + ", ".join(f["model"] for f in fits) + ")")
     return out
@@ -183,7 +187,9 @@ def inspect_lora(path: str | Path, model: str | Path | None = None, components: 
         "format": canon.format,
         "tensors": len(tensors),
         "modules": len(modules),
-        "parameters": sum(m.down.numel() + m.up.numel() for m in canon.modules.values()),
+        "parameters": sum(m.down.numel() + m.up.numel() + (m.magnitude.numel() if m.is_dora else 0)
+                          for m in canon.modules.values()),
+        "dora": any(m.is_dora for m in canon.modules.values()),
         "ranks": {str(k): v for k, v in sorted(ranks.items())},
         "alphas": {f"{k:g}": v for k, v in sorted(alphas.items())},
         "alpha_sources": canon.alpha_sources,

@@ -1,18 +1,20 @@
 """LoRA arithmetic: combine, resize, extract, merge. Pure functions on the canonical form, then file wrappers.
 
 - combine: several LoRAs with weights into one by concatenating along the rank (exact: the deltas add).
+  DoRA files are refused: their change renormalises each row, so two of them do not add.
 - resize: a lower rank by SVD of each module's delta; the kept energy (sum of kept singular values^2 /
-  total) is reported per module and overall. The SVD of up @ down comes from two thin QRs and an r x r
+  total) is reported per module and overall. A DoRA keeps its magnitude vectors (the direction is resized). The SVD of up @ down comes from two thin QRs and an r x r
   SVD, so it is exact and cheap even for full-size modules.
 - extract: SVD of (fine-tuned - base) per Linear into a LoRA of a given rank, with each module's relative
   reconstruction error ||diff - up @ down||_F / ||diff||_F.
-- merge: base weight + strength * delta, accumulated in float32 and stored in the base's dtype, written as
-  a diffusers directory (other components hard-linked or copied) or the official single file.
+- merge: base weight + strength * delta (DoRA: rows renormalised, as peft applies it), accumulated
+  in float32 and stored in the base's dtype, written as a diffusers directory (other components hard-linked or copied) or the official single file.
 All outputs are safetensors written atomically; metadata is carried over with a record of the operation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -28,6 +30,7 @@ from weightshop.lora.formats import (
     CanonicalLora,
     LoraModule,
     check_format,
+    dora_modules,
     fit_problems,
     load_canonical,
     save_canonical,
@@ -46,6 +49,10 @@ def combine(loras: Sequence[tuple[CanonicalLora, float]]) -> CanonicalLora:
         raise WeightshopError("combine needs at least one LoRA")
     parts: dict[str, list[tuple[LoraModule, float]]] = {}
     for canon, weight in loras:
+        if dora_modules(canon):
+            raise WeightshopError(f"cannot combine {canon.source}: it is a DoRA (magnitude vectors), whose change "
+                                  "rescales each weight row and does not add to another LoRA's; merge it into the "
+                                  "base instead (`weightshop lora merge`), or combine plain LoRAs only")
         for name, module in canon.modules.items():
             parts.setdefault(name, []).append((module, weight))
     modules = {}
@@ -102,7 +109,8 @@ def resize(canon: CanonicalLora, rank: int | None = None, energy: float | None =
         k = kept_rank(s, rank, energy)
         kept, total = float((s[:k] ** 2).sum()), float((s ** 2).sum())
         # A module already within the target keeps its own tensors (bit for bit); the rest are refactored.
-        modules[name] = module if k >= module.rank else _factor(u, s, vh, k, module.up.dtype)
+        modules[name] = (module if k >= module.rank
+                         else dataclasses.replace(_factor(u, s, vh, k, module.up.dtype), magnitude=module.magnitude))
         k = modules[name].rank
         kept_total, all_total = kept_total + kept, all_total + total
         rows.append({"module": name, "rank_before": module.rank, "rank_after": k,
@@ -127,17 +135,27 @@ def extract_module(diff: torch.Tensor, rank: int, method: str = "auto") -> tuple
     return module, error
 
 
-def merge_into(state: dict[str, torch.Tensor], canon: CanonicalLora, strength: float = 1.0) -> list[str]:
-    """Add strength * delta to each adapted `<module>.weight` of a diffusers-named state dict (in place).
+def merge_into(state: dict[str, torch.Tensor], canon: CanonicalLora, strength: float = 1.0,
+               base: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Apply each module at `strength` to its `<module>.weight` of a diffusers-named state dict (in place).
 
-    Accumulates in float32 and stores in each weight's own dtype. Returns the modules merged.
+    LoRA: add strength * delta. DoRA, as peft applies adapters in turn: everything applied so far (the base
+    and earlier LoRAs) plus strength * delta, with each row scaled by m / ||W0 + strength * delta||, the
+    norm taken from the unmerged weight W0 (`base`, or `state` when merging one LoRA). So merging LoRAs in
+    the order apply_loras loads them gives the weights it computes with. Accumulates in float32 and stores
+    in each weight's own dtype. Returns the modules merged.
     """
     done = []
     for name, module in canon.modules.items():
         key = f"{name}.weight"
         if key in state:
             w = state[key]
-            state[key] = (w.float() + strength * module.delta()).to(w.dtype)
+            if module.is_dora:
+                w0, delta = (base or state)[key].float(), strength * module.delta()
+                factor = module.magnitude.float() / torch.linalg.vector_norm(w0 + delta, dim=1)
+                state[key] = (factor[:, None] * (w.float() + delta)).to(w.dtype)
+            else:
+                state[key] = (w.float() + strength * module.delta()).to(w.dtype)
             done.append(name)
     return done
 
@@ -306,8 +324,9 @@ def merge_file(loras: Sequence, model: str | Path, out: str | Path, layout: str 
     def merged(file: Path) -> dict[str, torch.Tensor]:
         state = load_file(str(file))
         state = original_to_diffusers(state) if weights.original else state
+        base = dict(state)  # merge_into replaces entries: these stay the unmerged weights DoRA normalises
         for (canon, strength), names in zip(canons, done):
-            names.update(merge_into(state, canon, strength))
+            names.update(merge_into(state, canon, strength, base=base))
         return state
 
     def check_all_merged() -> None:

@@ -105,15 +105,14 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _no_dora_until_the_loaders_read_it(self):
-        # peft trains DoRA, but weightshop's LoRA loader (apply, transfer, convert, merge, the ComfyUI export, and
-        # the trainer's own reload check into Turbo) reads plain LoRA only: a DoRA run trained to the end and then
-        # failed that check (measured on nano, 2026-11-27). Refused up front until the loader learns the
-        # magnitude vectors. (DoRA will also need a full-precision base: peft reads its magnitude from the weight.)
-        if self.lora.dora:
-            raise ValueError("lora.dora: weightshop's LoRA loaders (apply, transfer, convert, merge, ComfyUI export "
-                             "and the trainer's reload check) read plain LoRA only, so a DoRA run could not be used "
-                             "or verified; set lora.dora: false")
+    def _dora_needs_a_full_precision_base(self):
+        # peft's DoRA reads the frozen weight on every forward (its row norms divide the magnitude vector): a base
+        # stored in fp8/int8/nf4 would put the quantisation error into every norm, and torchao/bitsandbytes weights
+        # are not plain tensors there. So DoRA trains on an unquantised base only.
+        if self.lora.dora and self.memory.base_dtype != "none":
+            raise ValueError(f"lora.dora needs the base in full precision (peft normalises by the frozen weight's "
+                             f"row norms), but memory.base_dtype is {self.memory.base_dtype!r}: set "
+                             "memory.base_dtype: none, or lora.dora: false")
         return self
 
 
