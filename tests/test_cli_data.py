@@ -78,3 +78,46 @@ def test_data_cache_cli_is_incremental(tmp_path, tiny_dirs):
     second = json.loads(runner.invoke(app, ["data", "cache", str(manifest), "--json"]).stdout)
     assert (second["encoded_latents"], second["encoded_captions"], second["loaded"]) == (0, 0, [])
     assert first.stdout and (tmp_path / "out" / "cache" / "index.json").is_file()
+
+
+def test_data_exclude_leaves_images_out_and_restore_puts_them_back(tmp_path):
+    src = _folder(tmp_path)
+    runner.invoke(app, ["data", "check", str(src), "-o", str(tmp_path / "out"), "--no-ocr", "--resolution", "64"])
+    path = tmp_path / "out" / "dataset.json"
+    before = json.loads(path.read_text())
+    result = runner.invoke(app, ["data", "exclude", str(path), "img1.png", "--why", "off-brand", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["excluded"] == ["img1.png"]
+    manifest = json.loads(path.read_text())
+    item = next(i for i in manifest["items"] if i["file"] == "img1.png")
+    assert item["verdict"] == "rejected" and item["reasons"][-1] == "excluded by the user: off-brand"
+    assert manifest["counts"]["rejected"] == before["counts"]["rejected"] + 1
+    from weightshop.data import manifest_hash, usable_items
+
+    assert "img1.png" not in {i["file"] for i in usable_items(manifest)}
+    assert manifest_hash(manifest) != manifest_hash(before)  # a run on the old set will not resume silently
+    # by a phrase of the reasons; errors name what matched nothing
+    result = runner.invoke(app, ["data", "exclude", str(path), "--reason", "no such problem"])
+    assert result.exit_code != 0 and "'no such problem' matches no usable item" in result.stderr
+    result = runner.invoke(app, ["data", "exclude", str(path), "img9.png"])
+    assert result.exit_code != 0 and "not in the manifest: img9.png" in result.stderr
+    result = runner.invoke(app, ["data", "exclude", str(path), "broken.png"])
+    assert result.exit_code != 0 and "all already rejected" in result.stderr
+    result = runner.invoke(app, ["data", "exclude", str(path), "--restore", "--json"])
+    assert json.loads(result.stdout)["restored"] == ["img1.png"]
+    assert json.loads(path.read_text())["items"] == before["items"]  # exactly as checked
+
+
+def test_exclude_by_reason_phrase():
+    from weightshop.data import exclude_items
+    from weightshop.data.manifest import new_item, recount
+
+    items = [new_item(f"f{k}.png") for k in range(4)]
+    for k, item in enumerate(items):
+        item.update(verdict="warning" if k < 3 else "ok", bucket=[64, 64],
+                    reasons=["repeated mark: the same pattern sits at the bottom-right"] if k < 2 else
+                    ["blurry or very smooth: Laplacian variance 3"] if k == 2 else [])
+    manifest = {"items": items}
+    recount(manifest)
+    assert exclude_items(manifest, reasons=["Repeated Mark"]) == ["f0.png", "f1.png"]
+    assert manifest["counts"]["rejected"] == 2 and manifest["items"][0]["reasons"][-1].endswith("'Repeated Mark'")

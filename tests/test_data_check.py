@@ -347,3 +347,26 @@ def test_check_is_deterministic(tmp_path):
     first = check_dataset(root, target_area=128 * 128, ocr=False)
     second = check_dataset(root, target_area=128 * 128, ocr=False)
     assert manifest_hash(first) == manifest_hash(second) and first["marks"] == second["marks"]
+
+
+def test_a_mark_in_one_cell_must_match_closely():
+    """One cell matching at 0.5-0.7 is what chance gives an object's outline at the same place; a mark that
+    small must match closely, while a weaker match over neighbouring cells still counts."""
+    from weightshop.data.marks import MARK_CELL, MARK_SIZE, find_repeated_marks
+
+    rng = np.random.default_rng(0)
+
+    def marked(share: float, side: int) -> list[str]:
+        pattern = rng.normal(0, 10, (side, side))
+        maps = []
+        for k in range(8):
+            m = rng.normal(0, 10, (MARK_SIZE, MARK_SIZE))
+            if k < 3:  # the pattern's share of the variance is the expected correlation between two images
+                y = x = MARK_SIZE - MARK_CELL - side  # cell-aligned, in the bottom-right band
+                m[y:y + side, x:x + side] = np.sqrt(1 - share) * m[y:y + side, x:x + side] + np.sqrt(share) * pattern
+            maps.append(m.astype(np.float32))
+        return sorted({f for mark in find_repeated_marks(maps, [f"i{k}" for k in range(8)]) for f in mark["files"]})
+
+    assert marked(0.62, MARK_CELL) == []                        # one cell at ~0.6: chance-like, not flagged
+    assert marked(0.9, MARK_CELL) == ["i0", "i1", "i2"]         # one cell, close match: a mark
+    assert marked(0.62, 2 * MARK_CELL) == ["i0", "i1", "i2"]    # ~0.6 over several cells: a mark

@@ -33,3 +33,12 @@ def test_acceptance_fails_each_target(case):
 def test_acceptance_without_adherence_has_no_verdict():
     a = acceptance([{k: v for k, v in r.items() if k != "adherence"} for r in rows(0, 0, 0, 0)])
     assert a["turbo_over_raw"] is None and "passed" not in a
+
+
+def test_demo_refuses_a_concept_raw_has_seen(tmp_path):
+    from weightshop.demo import run_demo
+    from weightshop.errors import WeightshopError
+
+    with pytest.raises(WeightshopError, match="demo concept 'circle': expected one of star, striped"):
+        run_demo(tmp_path, concept="circle")
+    assert not any(tmp_path.iterdir())  # refused before anything was written

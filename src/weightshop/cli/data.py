@@ -1,4 +1,4 @@
-"""`weightshop data ...`: check a folder of images into a manifest, and edit its captions."""
+"""`weightshop data ...`: check a folder of images into a manifest, edit its captions, exclude images, cache."""
 
 from __future__ import annotations
 
@@ -109,6 +109,37 @@ def caption(
     emit({"manifest": str(manifest_path), "counts": manifest["counts"]}, as_json)
     if not as_json:
         console.print(f"updated {manifest_path}: {manifest['counts']}")
+
+
+@app.command("exclude")
+@guarded
+def exclude(
+    manifest_path: Path = typer.Argument(..., metavar="MANIFEST", help="dataset.json written by `data check`."),
+    files: list[str] = typer.Argument(None, help="Files to exclude, named as in the manifest."),
+    reason: list[str] = typer.Option(None, "--reason", help="Exclude every usable image whose reasons contain this "
+                                     "phrase, e.g. 'repeated mark' or 'blurry' (repeatable)."),
+    why: str = typer.Option("", help="Why, recorded in each image's reasons (default: what selected it)."),
+    restore: bool = typer.Option(False, help="Undo: put the named (or all) excluded images back."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Leave images out of training after reading the report (the source folder is never touched)."""
+    from weightshop.data import exclude_items, read_manifest, restore_items, write_manifest
+    from weightshop.errors import WeightshopError
+
+    manifest = read_manifest(manifest_path)
+    if restore:
+        if reason:
+            raise WeightshopError("--restore takes file names (or none, for all excluded images), not --reason")
+        changed = restore_items(manifest, files or ())
+    else:
+        changed = exclude_items(manifest, files or (), reason or (), why)
+    write_manifest(manifest, manifest_path)
+    emit({"manifest": str(manifest_path), "restored" if restore else "excluded": changed,
+          "counts": manifest["counts"]}, as_json)
+    if not as_json:
+        console.print(f"{'restored' if restore else 'excluded'} {len(changed)}: {', '.join(changed) or '-'}\n"
+                      f"updated {manifest_path}: {manifest['counts']} (a cache built before still serves: "
+                      "training reads the usable items only)")
 
 
 @app.command("cache")

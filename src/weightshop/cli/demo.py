@@ -13,13 +13,15 @@ def demo(
     workdir: Path = typer.Option(Path("weightshop-out/demo"), help="Where models, images and the report go."),
     quick: bool = typer.Option(False, "--quick", help="Every stage at plumbing size (2 prompts, a few training "
                                "steps): checks the loop runs in about a minute; its figures mean nothing."),
+    concept: str = typer.Option(None, help="The held-out concept the LoRA learns: striped (a fill texture, the "
+                                "default) or star (a new shape, which nano-Raw learns far less well from 24 images)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the loop on the embedded model, offline on CPU, and print where the report is."""
     from weightshop.demo import run_demo
 
     with step_progress("demo") as progress:
-        summary = run_demo(workdir, progress, quick=quick)
+        summary = run_demo(workdir, progress, quick=quick, **({"concept": concept} if concept else {}))
     emit(summary, as_json)
     table = Table(title=f"generate on {summary['model']}")
     rows = summary["stages"]["generate"]["table"]
@@ -39,12 +41,12 @@ def demo(
                   f"({', '.join(k for k, v in caught.items() if v)}); cache second run "
                   f"{curate['cache_speedup']:.0f}x faster, encoded {curate['cache_second_run_encoded']}")
     t = summary["stages"]["train"]
-    console.print(f"train: star LoRA, {t['steps']} steps in {t['seconds']:.0f} s, loss {t['loss_first']:.3f} -> "
+    console.print(f"train: {summary['concept']} LoRA, {t['steps']} steps in {t['seconds']:.0f} s, loss {t['loss_first']:.3f} -> "
                   f"{t['loss_last_ema']:.3f}; {t['modules_injected_on_turbo']}/{t['modules']} modules injected on Turbo")
     x = summary["stages"]["transfer"]
     ratio = "n/a" if x["transfer_ratio"] is None else f"{x['transfer_ratio']:.2f}"
     a = x["acceptance"]
-    what = "star hit rate (probe)" if "probe" in x["scorers"] else "similarity to the training set"
+    what = f"{summary['concept']} hit rate (probe)" if "probe" in x["scorers"] else "similarity to the training set"
     console.print(f"transfer: ratio {ratio} at recommended Turbo strength {x['recommended_strength']:g}; "
                   f"{what}: Raw {a['raw_hit_rate_before']:.0%} -> {a['raw_hit_rate']:.0%}, "
                   f"Turbo {a['turbo_hit_rate_before']:.0%} -> {a['turbo_hit_rate']:.0%} with the LoRA at strength 1")

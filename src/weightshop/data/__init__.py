@@ -15,14 +15,15 @@ from weightshop.data.captions import (KREA2_CAPTION_TOKENS, apply_caption_edits,
                                       find_replace, render_template)
 from weightshop.data.check import check_dataset
 from weightshop.data.images import DEFAULT_MAX_PIXELS, ImageRejected, LoadedImage, load_image
-from weightshop.data.manifest import MANIFEST_NAME, manifest_hash, read_manifest, usable_items, write_manifest
+from weightshop.data.manifest import (MANIFEST_NAME, exclude_items, manifest_hash, read_manifest, restore_items,
+                                      usable_items, write_manifest)
 from weightshop.data.report import summary_rows, write_report
 from weightshop.data.sources import read_source
 
 __all__ = [
     "BucketAssignment", "Captioner", "DEFAULT_MAX_PIXELS", "FunctionCaptioner", "ImageRejected", "KREA2_CAPTION_TOKENS",
     "LoadedImage", "MANIFEST_NAME", "Qwen3VLCaptioner", "ResizePolicy", "apply_caption_edits", "apply_trigger",
-    "assign_bucket", "autocaption", "bucket_sizes", "check_dataset", "count_tokens", "find_replace", "load_image",
-    "manifest_hash", "read_manifest", "read_source", "render_template", "resize_and_crop", "summary_rows",
-    "usable_items", "write_manifest", "write_report",
+    "assign_bucket", "autocaption", "bucket_sizes", "check_dataset", "count_tokens", "exclude_items", "find_replace",
+    "load_image", "manifest_hash", "read_manifest", "read_source", "render_template", "resize_and_crop",
+    "restore_items", "summary_rows", "usable_items", "write_manifest", "write_report",
 ]

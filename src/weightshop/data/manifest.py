@@ -103,3 +103,54 @@ def validate_manifest(manifest, where: str = "manifest") -> None:
         if item["verdict"] not in VERDICTS:
             raise WeightshopError(f"{where}: item {item['file']} has verdict {item['verdict']!r}; "
                                   f"accepted: {', '.join(VERDICTS)}")
+
+
+EXCLUDED = "excluded by the user: "  # the reason `exclude_items` records; `restore_items` removes it
+
+
+def exclude_items(manifest: dict, files=(), reasons=(), why: str = "") -> list[str]:
+    """Reject usable items by file name and/or by a phrase in their reasons (case-insensitive, e.g. "repeated
+    mark"), recording why; returns the files excluded. The manifest is edited, never the images, and
+    `restore_items` undoes it. Naming a file that is not in the manifest, or a selection that matches no
+    usable item, is an error rather than a silent no-op."""
+    by_file = {i["file"]: i for i in manifest["items"]}
+    unknown = [f for f in files if f not in by_file]
+    if unknown:
+        raise WeightshopError(f"not in the manifest: {', '.join(unknown)} (files are named as in its items, "
+                              f"e.g. {next(iter(by_file), 'none')})")
+    if not files and not reasons:
+        raise WeightshopError("say what to exclude: file names, or --reason with a phrase from the reasons "
+                              "(e.g. 'repeated mark', 'blurry', 'near duplicate')")
+    phrases = [r.lower() for r in reasons]
+    chosen = [by_file[f] for f in files]
+    chosen += [i for i in manifest["items"] if phrases and any(p in r.lower() for p in phrases for r in i["reasons"])
+               and i not in chosen]
+    usable = [i for i in chosen if i["verdict"] != "rejected"]
+    if not usable:
+        what = ", ".join([*files, *(repr(r) for r in reasons)])
+        raise WeightshopError(f"nothing to exclude: {what} matches no usable item"
+                              + (f" ({len(chosen)} matched, all already rejected)" if chosen else ""))
+    note = EXCLUDED + (why or ("reason matches " + " / ".join(repr(r) for r in reasons) if reasons and not files
+                               else "named"))
+    for item in usable:
+        item["verdict"] = "rejected"
+        item["reasons"] = [*item["reasons"], note]
+    recount(manifest)
+    return [i["file"] for i in usable]
+
+
+def restore_items(manifest: dict, files=()) -> list[str]:
+    """Undo `exclude_items` for the named files (all excluded ones when none are named); returns them."""
+    excluded = [i for i in manifest["items"] if any(r.startswith(EXCLUDED) for r in i["reasons"])]
+    if files:
+        names = {i["file"] for i in excluded}
+        missing = [f for f in files if f not in names]
+        if missing:
+            raise WeightshopError(f"not excluded, so nothing to restore: {', '.join(missing)}")
+        excluded = [i for i in excluded if i["file"] in set(files)]
+    for item in excluded:
+        item["reasons"] = [r for r in item["reasons"] if not r.startswith(EXCLUDED)]
+        item["verdict"] = "ok"
+        refresh_verdict(item)
+    recount(manifest)
+    return [i["file"] for i in excluded]
