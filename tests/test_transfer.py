@@ -346,3 +346,27 @@ def test_cli_json_and_errors(tiny_dirs, lora, train_dir, tmp_path):
     assert [s["label"] for s in data["settings"]][1:3] == ["Turbo + LoRA 0.5", "Turbo + LoRA 1"]
     bad = runner.invoke(app, ["transfer", str(lora), "--concept", "star", "--strengths", "fast"])
     assert bad.exit_code == 2 and "'fast' is not a number" in bad.output
+
+
+def test_the_striped_caveat_is_true_of_the_committed_vae(tmp_path, lora):
+    """The transfer report warns that krea2-nano's VAE cannot reproduce stripes: check the committed VAE blurs a
+    striped fill into haze (if a later family's VAE resolves stripes, the caveat must go)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    from weightshop.nano import family, world
+    from weightshop.transfer.run import PROBE_CAVEATS, default_scorers
+
+    raw_dir = family.paths(family.WEIGHTS)[0]
+    vae = AutoencoderKLQwenImage.from_pretrained(raw_dir / "vae").eval()
+    big = world.ObjectSpec("square", "white", "large", "striped")
+    image = world.render(world.Scene((big,), "black", position="center", seed=3))
+    x = torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None, :, None] / 127.5 - 1
+    with torch.no_grad():
+        back = vae.decode(vae.encode(x).latent_dist.mode()).sample[0, :, 0]
+    inside = slice(26, 38)  # the middle of the large square: stripes only
+    before = x[0, :, 0, inside, inside].mean(0).std()
+    after = back[:, inside, inside].mean(0).std()
+    assert before > 0.5 and after < 0.35 * before, (float(before), float(after))
+    _, notes = default_scorers("striped", family.WEIGHTS, None, lora)
+    assert PROBE_CAVEATS["striped"] in notes
+    assert not any("VAE" in n for n in default_scorers("star", family.WEIGHTS, None, lora)[1])

@@ -13,8 +13,9 @@ def demo(
     workdir: Path = typer.Option(Path("weightshop-out/demo"), help="Where models, images and the report go."),
     quick: bool = typer.Option(False, "--quick", help="Every stage at plumbing size (2 prompts, a few training "
                                "steps): checks the loop runs in about a minute; its figures mean nothing."),
-    concept: str = typer.Option(None, help="The held-out concept the LoRA learns: striped (a fill texture, the "
-                                "default) or star (a new shape, which nano-Raw learns far less well from 24 images)."),
+    concept: str = typer.Option(None, help="The held-out concept the LoRA learns: star (a new shape, the default) "
+                                "or striped (a fill finer than the nano VAE can reproduce: the probe's hit rate "
+                                "for it counts a hazy fill)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the loop on the embedded model, offline on CPU, and print where the report is."""

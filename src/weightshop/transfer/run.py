@@ -148,6 +148,14 @@ def make_jobs(prompts: Sequence[str] | None, concept: str | None, seeds: Sequenc
     return [Job(p, seed, scene) for p, scene in pairs for seed in dict.fromkeys(seeds)], notes
 
 
+# What the probe's judgement of a concept does not say (measured on krea2-nano v3, 2026-11-27).
+PROBE_CAVEATS = {
+    "striped": "striped: krea2-nano's VAE cannot reproduce the 4 px stripes (its own round trip of a striped render "
+               "is a hazy fill, which the probe calls striped), so this hit rate says the images carry what the VAE "
+               "makes of striped training images, not that stripes are visible",
+}
+
+
 def default_scorers(concept: str | None, raw_root: Path | None, train_images, lora: Path) -> tuple[list, list[str]]:
     """The probe on krea2-nano (when a concept is named), then the training-set distance when images are
     known (given, or the manifest of the `weightshop train` run that wrote the LoRA)."""
@@ -161,6 +169,8 @@ def default_scorers(concept: str | None, raw_root: Path | None, train_images, lo
         probe_dir = family.paths(raw_root)[2]
         if family.installed(raw_root) and (probe_dir / "probe.safetensors").is_file():
             scorers.append(ProbeScorer.from_dir(probe_dir, concept))
+            if concept in PROBE_CAVEATS:
+                notes.append(PROBE_CAVEATS[concept])
     source = Path(train_images) if train_images else training_source_for_lora(lora)
     if source is not None:
         scorers.append(TrainingSetDistance(load_training_images(source), source=str(source)))
