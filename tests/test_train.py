@@ -146,6 +146,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_dirs, manifest_path, 
     la = [json.loads(l)["loss"] for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(l)["loss"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert la == pytest.approx(lb, rel=1e-6, abs=1e-7)
+    ea, eb = ([json.loads(l)["loss_ema"] for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("straight", "resumed"))
+    assert ea == pytest.approx(eb, rel=1e-6, abs=1e-7)  # the loss EMA carries on across the resume too
     with safe_open(straight["lora"], "pt") as fa, safe_open(resumed["lora"], "pt") as fb:
         assert all(torch.allclose(fa.get_tensor(k), fb.get_tensor(k), atol=1e-7) for k in fa.keys())
 
@@ -157,6 +160,28 @@ def test_resume_with_a_changed_config_is_refused(tiny_dirs, manifest_path, tmp_p
         train(changed)
     # fields that do not change what is learned may change
     assert train(config(tiny_dirs, manifest_path, tmp_path / "run", **{"output.keep_last": 5}), stop_after=2)["step"] == 2
+
+
+def test_resume_onto_a_changed_dataset_is_refused(tiny_dirs, manifest_path, tmp_path):
+    """The manifest path is in the config, its content is not: excluding an image must not resume silently."""
+    from weightshop.data import exclude_items, read_manifest, write_manifest
+
+    edited = tmp_path / "set" / "dataset.json"
+    manifest = read_manifest(manifest_path)
+    write_manifest(manifest, edited)
+    train(config(tiny_dirs, edited, tmp_path / "run"), stop_after=2)
+    exclude_items(manifest, ["i0.png"], why="off-brand")
+    write_manifest(manifest, edited)
+    with pytest.raises(WeightshopError, match=r"dataset: the manifest's content changed \(sha256 \w{12} -> \w{12}\)"):
+        train(config(tiny_dirs, edited, tmp_path / "run"))
+    assert train(config(tiny_dirs, edited, tmp_path / "run"), force=True, stop_after=3)["step"] == 3
+
+
+def test_a_finished_run_reports_its_last_loss_ema(tiny_dirs, manifest_path, tmp_path):
+    first = train(config(tiny_dirs, manifest_path, tmp_path / "run"))
+    again = train(config(tiny_dirs, manifest_path, tmp_path / "run"))  # nothing left to do: loads and reports
+    assert again["step"] == 4 and again["loss_ema"] == pytest.approx(first["loss_ema"]) and again["lora"]
+    assert again["loss_ema"] == json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["loss_ema"]
 
 
 def test_kill_9_leaves_a_resumable_run(tiny_dirs, manifest_path, tmp_path):

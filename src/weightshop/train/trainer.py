@@ -147,7 +147,7 @@ def _checkpoint(run: Path, step: int, transformer, ema: dict | None, optimizer, 
 
 
 def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfig, force: bool,
-            trim_metrics: bool = True) -> dict | None:
+            trim_metrics: bool = True, dataset: str | None = None) -> dict | None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -159,6 +159,10 @@ def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfi
     ckpt = run / "checkpoints" / json.loads(pointer.read_text())["dir"]
     meta = json.loads((ckpt / "state.json").read_text())
     changed = [d for d in differences(meta["config"], config_dict(cfg)) if not d.startswith(RESUME_FREE)]
+    trained_on = meta["info"].get("dataset_manifest_sha256")
+    if dataset and trained_on and trained_on != dataset:  # the same manifest path with other content
+        changed.append(f"dataset: the manifest's content changed (sha256 {trained_on[:12]} -> {dataset[:12]}): "
+                       "images, verdicts, captions or buckets differ")
     if changed and not force:
         raise WeightshopError(f"{run} was trained with another config; resuming would change the result:\n  "
                               + "\n  ".join(changed) + "\nuse a new output.dir, or --force to resume anyway")
@@ -175,6 +179,15 @@ def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfi
         kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= meta["info"]["step"]]
         atomic_write_text(metrics, "".join(l + "\n" for l in kept))
     return meta["info"]
+
+
+def _last_loss_ema(metrics: Path, step: int) -> float | None:
+    """The loss EMA logged at `step` (a resumed run carries it on; a finished run reports it), else None."""
+    if step == 0 or not metrics.is_file():
+        return None
+    lines = metrics.read_text().splitlines()
+    row = json.loads(lines[-1]) if lines else {}
+    return row.get("loss_ema") if row.get("step") == step else None
 
 
 def save_lora(path: Path, weights: dict[str, torch.Tensor], cfg: TrainConfig, names: list[str], info: dict,
@@ -277,7 +290,9 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     ema = {k: v.clone() for k, v in lora_state(transformer).items()} if cfg.optim.ema else None
     if main:
         atomic_write_text(run / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    info = _resume(run, transformer, ema, optimizer, cfg, force, trim_metrics=main) or {"step": 0}
+    dataset = manifest_hash(manifest)
+    info = _resume(run, transformer, ema, optimizer, cfg, force, trim_metrics=main, dataset=dataset) or {"step": 0}
+    info["dataset_manifest_sha256"] = dataset
     model = accelerator.prepare_model(transformer) if world > 1 else transformer
     batches = Batches(cached, cfg.schedule.batch_size, cfg.schedule.seed)
     metrics_path = run / "metrics.jsonl"
@@ -285,7 +300,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     target = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
     transformer.train()
     validator, validations = (_validator(cfg) if main else None), []
-    smooth, start = None, time.perf_counter()
+    smooth, start = _last_loss_ema(run / "metrics.jsonl", info["step"]), time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while info["step"] < target:
@@ -341,7 +356,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     weights = ema if ema is not None else lora_state(transformer)
     info["trigger"] = manifest.get("trigger")
     lora_path = save_lora(run / f"{cfg.output.name}.safetensors", weights, cfg, names, info,
-                          transformer_hash(source), manifest_hash(manifest))
+                          transformer_hash(source), dataset)
     result["lora"] = str(lora_path)
     result["verified_on"] = verify_lora(lora_path, cfg)
     if validator is not None:
