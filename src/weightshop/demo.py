@@ -4,10 +4,10 @@ Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-
 and timings on krea2-nano), curate (a domain set of a held-out concept, the star shape by default or
 striped fills, with planted faults: checked, the marked images excluded, ground-truth captioned and cached
 twice to show the second run is a no-op), train (the concept's LoRA on Raw from that cache, verified on
-Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw:
-transfer ratio, recommended strength, issue 5's acceptance numbers, a ComfyUI workflow). Later stages
-(evaluate, quantize, serve) each add a step here and a section to the report. Without the trained krea2-nano weights (before the first
-`weightshop nano build`), the demo runs the same path on tiny random-weight components and says so.
+Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio, recommended
+strength, issue 5's acceptance numbers, a ComfyUI workflow). Later stages (evaluate, quantize, serve)
+each add a step here and a section to the report. Without the trained krea2-nano weights (before the
+first `weightshop nano build`), the demo runs the same path on tiny random-weight components and says so.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress, concept: str) ->
     rows = [{"fault": f, "files": ", ".join(planted[f]), "caught": caught[f]} for f in planted]
     body = (f"<p>{len(manifest['items'])} files: {manifest['counts']}. Auto-captioned from ground truth: "
             f"{captioned['filled']}. Left out after reading the report (`weightshop data exclude --reason "
-            f"'repeated mark'`): {', '.join(excluded) or 'none'}. Full report: <a href='curate/report.html'>curate/report.html</a>.</p>"
+            f"'repeated mark'`): {', '.join(excluded) or 'none'}. Full report: "
+            f"<a href='curate/report.html'>curate/report.html</a>.</p>"
             + table_html(rows)
             + f"<p>Cache: first run {first['seconds']:.2f} s ({first['encoded_latents']} latents, "
               f"{first['encoded_captions']} captions incl. the empty one); second run {second['seconds']:.3f} s, "

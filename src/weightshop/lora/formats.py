@@ -116,9 +116,12 @@ def adapted_weight(weight: torch.Tensor, module: LoraModule, strength: float = 1
     rescaled to the magnitude m (m * V / ||V||_row); at strength 1 ComfyUI computes the same.
     """
     v = weight.float() + strength * module.delta()
-    if module.magnitude is None:
-        return v
-    return v * (module.magnitude.float() / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1)
+    return v if module.magnitude is None else dora_row_scale(module.magnitude, v) * v
+
+
+def dora_row_scale(magnitude: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """DoRA's factor per output row, m / ||V||_row, as a column (peft's mag_norm_scale)."""
+    return (magnitude.float() / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1)
 
 
 def dora_modules(canon: "CanonicalLora") -> list[str]:

@@ -3,12 +3,14 @@
 - combine: several LoRAs with weights into one by concatenating along the rank (exact: the deltas add).
   DoRA files are refused: their change renormalises each row, so two of them do not add.
 - resize: a lower rank by SVD of each module's delta; the kept energy (sum of kept singular values^2 /
-  total) is reported per module and overall. A DoRA keeps its magnitude vectors (the direction is resized). The SVD of up @ down comes from two thin QRs and an r x r
-  SVD, so it is exact and cheap even for full-size modules.
+  total) is reported per module and overall; a DoRA keeps its magnitude vectors (the direction is resized).
+  The SVD of up @ down comes from two thin QRs and an r x r SVD, so it is exact and cheap even for
+  full-size modules.
 - extract: SVD of (fine-tuned - base) per Linear into a LoRA of a given rank, with each module's relative
   reconstruction error ||diff - up @ down||_F / ||diff||_F.
-- merge: base weight + strength * delta (DoRA: rows renormalised, as peft applies it), accumulated
-  in float32 and stored in the base's dtype, written as a diffusers directory (other components hard-linked or copied) or the official single file.
+- merge: base weight + strength * delta (DoRA: rows renormalised, as peft applies it), accumulated in
+  float32 and stored in the base's dtype, written as a diffusers directory (other components hard-linked
+  or copied) or the official single file.
 All outputs are safetensors written atomically; metadata is carried over with a record of the operation.
 """
 
@@ -31,6 +33,7 @@ from weightshop.lora.formats import (
     LoraModule,
     check_format,
     dora_modules,
+    dora_row_scale,
     fit_problems,
     load_canonical,
     save_canonical,
@@ -152,8 +155,7 @@ def merge_into(state: dict[str, torch.Tensor], canon: CanonicalLora, strength: f
             w = state[key]
             if module.is_dora:
                 w0, delta = (base or state)[key].float(), strength * module.delta()
-                factor = module.magnitude.float() / torch.linalg.vector_norm(w0 + delta, dim=1)
-                state[key] = (factor[:, None] * (w.float() + delta)).to(w.dtype)
+                state[key] = (dora_row_scale(module.magnitude, w0 + delta) * (w.float() + delta)).to(w.dtype)
             else:
                 state[key] = (w.float() + strength * module.delta()).to(w.dtype)
             done.append(name)
