@@ -127,8 +127,7 @@ def shifted_score(stack: np.ndarray, cell: tuple[int, int], shift: int = MARK_SH
         yy, xx = y + dy, x + dx
         if not (0 <= yy <= MARK_SIZE - MARK_CELL and 0 <= xx <= MARK_SIZE - MARK_CELL):
             continue
-        there = _cell_vectors(stack, (yy, xx))[0]
-        c = np.einsum("id,jd->ij", here, there)
+        c = _correlate(here, _cell_vectors(stack, (yy, xx))[0])
         best = max(best, float(c[~np.eye(n, dtype=bool)].mean()))
     return best
 
@@ -141,10 +140,11 @@ def _cell_vectors(stack: np.ndarray, cell: tuple[int, int]) -> tuple[np.ndarray,
     return patch / np.maximum(norm, 1e-6)[:, None], norm / np.sqrt(patch.shape[1]) >= _MIN_CELL_STD
 
 
-def _correlate(unit: np.ndarray) -> np.ndarray:
+def _correlate(unit: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
     # For a few dozen images einsum, not `@`: the products are tiny, and a threaded BLAS call per cell can
     # spin-wait for seconds when the machine is busy (as it is while training). Large sets need BLAS.
-    return unit @ unit.T if len(unit) > 96 else np.einsum("id,jd->ij", unit, unit)
+    other = unit if other is None else other
+    return unit @ other.T if len(unit) > 96 else np.einsum("id,jd->ij", unit, other)
 
 
 def describe_box(box: list[float]) -> str:

@@ -164,7 +164,8 @@ def _resume(run: Path, transformer, ema: dict | None, optimizer, cfg: TrainConfi
         changed.append(f"dataset: the manifest's content changed (sha256 {trained_on[:12]} -> {dataset[:12]}): "
                        "images, verdicts, captions or buckets differ")
     if changed and not force:
-        raise WeightshopError(f"{run} was trained with another config; resuming would change the result:\n  "
+        raise WeightshopError(f"{run} was trained with another config or dataset; resuming would change the "
+                              "result:\n  "
                               + "\n  ".join(changed) + "\nuse a new output.dir, or --force to resume anyway")
     tensors = load_file(str(ckpt / "state.safetensors"))
     set_peft_model_state_dict(transformer, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")},
@@ -300,7 +301,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     target = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
     transformer.train()
     validator, validations = (_validator(cfg) if main else None), []
-    smooth, start = _last_loss_ema(run / "metrics.jsonl", info["step"]), time.perf_counter()
+    smooth, start = _last_loss_ema(metrics_path, info["step"]), time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while info["step"] < target:
