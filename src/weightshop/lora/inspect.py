@@ -18,6 +18,7 @@ import torch
 from weightshop.lora.formats import (
     CanonicalLora,
     LoraModule,
+    dora_modules,
     fit_problems,
     linear_shapes,
     module_templates,
@@ -152,7 +153,7 @@ def _warnings(canon: CanonicalLora, keys: list[str], fits: list[dict]) -> list[s
         out.append("diffusers' load_lora_weights cannot apply this file as is (lora_unet_ / model.diffusion_model. / "
                    "bare names load as a silent no-op; lora_down/lora_up and .alpha keys raise): weightshop converts "
                    "it; for diffusers itself use `weightshop lora convert --to diffusers`")
-    if any(m.is_dora for m in canon.modules.values()):
+    if dora_modules(canon):
         out.append("DoRA: at strength 1 diffusers, ComfyUI and weightshop apply the same weights; at other strengths "
                    "diffusers/weightshop scale the change inside DoRA's row norm while ComfyUI interpolates between the "
                    "base and the strength-1 weights, so a strength sweep differs between them")
@@ -189,7 +190,7 @@ def inspect_lora(path: str | Path, model: str | Path | None = None, components: 
         "modules": len(modules),
         "parameters": sum(m.down.numel() + m.up.numel() + (m.magnitude.numel() if m.is_dora else 0)
                           for m in canon.modules.values()),
-        "dora": any(m.is_dora for m in canon.modules.values()),
+        "dora": bool(dora_modules(canon)),
         "ranks": {str(k): v for k, v in sorted(ranks.items())},
         "alphas": {f"{k:g}": v for k, v in sorted(alphas.items())},
         "alpha_sources": canon.alpha_sources,
