@@ -1,7 +1,8 @@
 """Domain sets for LoRAs on krea2-nano: a few dozen images of a held-out concept, with planted faults.
 
 This is the stand-in for "the folder a user hands over": `write_domain_set` renders scenes of a
-held-out concept (never seen by nano-Raw) with sidecar captions, then plants the faults curation must
+held-out concept (never seen by nano-Raw) with sidecar captions, drawn as a curator picks shots (every
+composition of the concept before any repeats, `covering_scenes`), then plants the faults curation must
 catch: an unreadable file, an exact duplicate, a watermark repeated at the same place on several images,
 and a missing caption. The scenes are also written outside the folder (scenes.json), so
 `ground_truth_captioner` can caption an image from the renderer's truth, the nano counterpart of
@@ -21,11 +22,62 @@ from weightshop.nano import world
 from weightshop.nano.pretrain import scene_from_json, scene_to_json
 
 FAULTS = ("corrupt", "duplicate", "watermark", "missing_caption")
+MARKED = (3, 4, 5)  # the images that get the repeated mark
+
+
+def composition(scene: world.Scene, concept: str) -> str:
+    """The composition a scene shows its concept in, as the pixels read (probe.canonical): a lone object's position
+    and size, or, beside another object, the axis, which slot (left/upper or right/lower) and its size. A fill
+    covers both objects, so its pair compositions name the first object's."""
+    from weightshop.nano.probe import canonical
+
+    if len(scene.objects) == 1:
+        return f"alone {scene.position} {scene.objects[0].size}"
+    scene = canonical(scene)
+    slot = next(i for i, o in enumerate(scene.objects) if concept in (o.shape, o.fill))  # a fill: the first
+    axis = "across" if scene.relation == "left of" else "stacked"
+    return f"pair {axis} {('first', 'second')[slot]} {scene.objects[slot].size}"
+
+
+def compositions(concept: str) -> tuple[str, ...]:
+    """Every composition a concept's scenes can take (`composition`'s range): 10 alone; beside another object 8 for
+    a shape, 4 for a fill."""
+    slots = ("first", "second") if concept in world.HELDOUT_SHAPES else ("first",)
+    alone = [f"alone {p} {s}" for p in world.POSITIONS for s in world.SIZES]
+    pair = [f"pair {a} {slot} {s}" for a in ("across", "stacked") for slot in slots for s in world.SIZES]
+    return tuple(alone + pair)
+
+
+def covering_scenes(concept: str, n: int, rng: np.random.Generator, spare: tuple[int, ...] = ()) -> list:
+    """n scenes of the concept that show it in every composition before any is repeated (as a curator picks varied
+    shots), in shuffled order; the indices in `spare` get the repeats, so leaving those images out keeps the cover.
+
+    Measured on the demo's star (docs/transfer.md): 21 images drawn at random held no large star left of or above
+    another object, and the LoRA drew none of the 8 such prompts."""
+    wanted = [compositions(concept)[i] for i in rng.permutation(len(compositions(concept)))]
+    spare = [i for i in spare if 0 <= i < n]
+    order = {}
+    free = [i for i in range(n) if i not in spare]
+    for i, name in zip(free + spare, wanted * (n // len(wanted) + 1)):
+        order[i] = name
+    scenes = []
+    for i in range(n):
+        for _ in range(10_000):  # rejection: each composition is drawn at least 2.5 % of the time
+            scene = world.sample_scene(rng, heldout=concept)
+            if composition(scene, concept) == order[i]:
+                scenes.append(scene)
+                break
+        else:
+            raise RuntimeError(f"no {concept} scene in composition {order[i]!r} after 10000 draws")
+    return scenes
 
 
 def write_domain_set(folder: str | Path, concept: str = "star", n: int = 24, seed: int = 0,
-                     faults: bool = True, size: int = 64) -> dict:
-    """Render n scenes of `concept` into folder (PNG + .txt); returns what was planted where."""
+                     faults: bool = True, size: int = 64, cover: bool = True) -> dict:
+    """Render n scenes of `concept` into folder (PNG + .txt); returns what was planted where.
+
+    `cover` draws the scenes so the images a curator keeps (all but the marked and uncaptioned ones) show the
+    concept in every composition (`covering_scenes`); without it each scene is drawn independently."""
     if concept not in world.HELDOUT_CONCEPTS:
         raise ValueError(f"concept must be a held-out one ({', '.join(world.HELDOUT_CONCEPTS)}), got {concept!r}")
     folder = Path(folder)
@@ -34,8 +86,9 @@ def write_domain_set(folder: str | Path, concept: str = "star", n: int = 24, see
     folder.mkdir(parents=True)
     rng = np.random.default_rng([seed, 31])
     scenes = {}
-    for i in range(n):
-        scene = world.sample_scene(rng, heldout=concept)
+    drawn = (covering_scenes(concept, n, rng, spare=(*MARKED, n - 1) if faults else ()) if cover
+             else [world.sample_scene(rng, heldout=concept) for _ in range(n)])
+    for i, scene in enumerate(drawn):
         name = f"{concept}_{i:03d}.png"
         world.render(scene, size).save(folder / name)
         (folder / f"{concept}_{i:03d}.txt").write_text(world.caption(scene, int(rng.integers(2**31))))
@@ -48,7 +101,7 @@ def write_domain_set(folder: str | Path, concept: str = "star", n: int = 24, see
         shutil.copy(folder / f"{concept}_000.txt", folder / f"{concept}_copy.txt")
         scenes[f"{concept}_copy.png"] = scenes[f"{concept}_000.png"]
         planted["duplicate"] = [f"{concept}_copy.png"]
-        marked = [f"{concept}_{i:03d}.png" for i in (3, 4, 5)]
+        marked = [f"{concept}_{i:03d}.png" for i in MARKED]
         for name in marked:  # a small logo in the same corner of three images: a LoRA would learn it
             from PIL import Image
 
