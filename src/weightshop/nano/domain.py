@@ -11,6 +11,7 @@ auto-captioning with Qwen3-VL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -53,13 +54,11 @@ def covering_scenes(concept: str, n: int, rng: np.random.Generator, spare: tuple
     shots), in shuffled order; the indices in `spare` get the repeats, so leaving those images out keeps the cover.
 
     Measured on the demo's star (docs/transfer.md): 21 images drawn at random held no large star left of or above
-    another object, and the LoRA drew none of the 8 such prompts."""
-    wanted = [compositions(concept)[i] for i in rng.permutation(len(compositions(concept)))]
+    another object, and that LoRA drew a star in 18 % of such prompts (45 % after a covering draw)."""
+    kinds = compositions(concept)
+    wanted = [kinds[i] for i in rng.permutation(len(kinds))]
     spare = [i for i in spare if 0 <= i < n]
-    order = {}
-    free = [i for i in range(n) if i not in spare]
-    for i, name in zip(free + spare, wanted * (n // len(wanted) + 1)):
-        order[i] = name
+    order = dict(zip([i for i in range(n) if i not in spare] + spare, itertools.cycle(wanted)))
     scenes = []
     for i in range(n):
         for _ in range(10_000):  # rejection: each composition is drawn at least 2.5 % of the time
@@ -76,8 +75,9 @@ def write_domain_set(folder: str | Path, concept: str = "star", n: int = 24, see
                      faults: bool = True, size: int = 64, cover: bool = True) -> dict:
     """Render n scenes of `concept` into folder (PNG + .txt); returns what was planted where.
 
-    `cover` draws the scenes so the images a curator keeps (all but the marked and uncaptioned ones) show the
-    concept in every composition (`covering_scenes`); without it each scene is drawn independently."""
+    `cover` draws the scenes so the images left after the marked ones and the uncaptioned one (should it be left
+    out rather than captioned) show the concept in every composition (`covering_scenes`); without it each scene is
+    drawn independently."""
     if concept not in world.HELDOUT_CONCEPTS:
         raise ValueError(f"concept must be a held-out one ({', '.join(world.HELDOUT_CONCEPTS)}), got {concept!r}")
     folder = Path(folder)
