@@ -135,12 +135,12 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress, concept: str) ->
 # nano v3, the 21 images left after the marked ones, drawn to cover every composition; docs/transfer.md): this recipe
 # (rank 64 on every Linear, lr 1e-3, 600 steps) 68.8 / 63.5 %; 1000 steps 62.5 / 62.5 %; the same recipe on 21 images
 # drawn at random, 1000 steps, 60.4 % on Raw; batch 16, no caption dropout, LoRA dropout, logit-normal timesteps,
-# pair-heavy sets: 51-66 % on Raw. Rank 8-128, DoRA, krea-default targets and 45 images did no better in the first
-# round (docs/transfer.md). Shapes-world's Raw knows three shapes, so a fourth is not a blend of what it can draw:
-# lone stars come out (89 %), stars beside another object 42 % of the time. `--concept striped` reaches
-# Raw 92 % / Turbo 92 % by the probe with the rank 16 recipe, but the nano VAE cannot reproduce 4 px stripes (its
-# round trip of a striped render is a hazy fill, which the probe calls striped): the LoRA reproduces the training
-# latents, and no stripes are visible.
+# pair-heavy sets, lr 5e-4 x 1200 steps: 51-66 % on Raw. Rank 8-128, DoRA, krea-default targets and 45 images did no
+# better in the first round. Shapes-world's Raw knows three shapes, so a fourth is not a blend of what it can draw:
+# lone stars come out (89 %), stars beside another object 42 % of the time. `--concept striped` reaches Raw 92 % /
+# Turbo 92 % by the probe with the rank 16 recipe, but the nano VAE cannot reproduce 4 px stripes (its round trip of
+# a striped render is a hazy fill, which the probe calls striped): the LoRA reproduces the training latents, and no
+# stripes are visible.
 DEMO_CONCEPT = "star"
 DEMO_TRAIN = {"lora": {"rank": 64, "targets": "all-linear"},
               "schedule": {"steps": 600, "batch_size": 8, "seed": 0},
