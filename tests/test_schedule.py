@@ -131,3 +131,38 @@ def test_latent_packing_and_positions_match_the_pipeline(tiny_raw):
     assert torch.equal(unpack_latents(packed, 8, 12), z)
     assert torch.equal(pipe._unpack_latents(packed, 8 * 4, 12 * 4)[:, :, 0], z)  # f4 VAE: pixels = 4 x latent
     assert torch.equal(position_ids(5, 4, 6), pipe.prepare_position_ids(5, 4, 6, torch.device("cpu")))
+
+
+def test_loss_weightings():
+    import torch
+
+    from weightshop.models.schedule import loss_weights
+
+    s = np.linspace(0.001, 0.999, 999)
+    assert np.array_equal(loss_weights(s, "none"), np.ones_like(s))
+    # cosmap is SD3's cosine-map density used as a weight: 4/pi at the middle, 2/pi at the ends, integrates to 1
+    cos = loss_weights(s, "cosmap")
+    assert cos[499] == pytest.approx(4 / math.pi) and loss_weights(0.0, "cosmap") == pytest.approx(2 / math.pi)
+    assert np.trapezoid(cos, s) == pytest.approx(1.0, abs=3e-3)
+    # min-SNR-gamma: weighting the velocity loss by w(s) is weighting the x0 loss by min(SNR, gamma) / peak
+    gamma = 5.0
+    rng = np.random.default_rng(0)
+    x0, noise, v_pred = rng.normal(size=(3, 16))
+    for si in (0.02, 0.2, 1 / (1 + math.sqrt(gamma)), 0.5, 0.9):
+        xt = noisy_sample(x0, noise, si)
+        v_loss = np.sum((v_pred - velocity_target(x0, noise)) ** 2)
+        x0_loss = np.sum((xt - si * v_pred - x0) ** 2)  # x0 predicted from the velocity
+        snr = ((1 - si) / si) ** 2
+        peak = gamma / (1 + math.sqrt(gamma)) ** 2
+        assert loss_weights(si, "min_snr", gamma=gamma) * v_loss == pytest.approx(min(snr, gamma) * x0_loss / peak)
+    w = loss_weights(s, "min_snr", gamma=gamma)
+    assert w.max() == pytest.approx(1.0, abs=1e-3) and w.max() <= 1 and abs(s[w.argmax()] - 1 / (1 + math.sqrt(gamma))) < 2e-3
+    assert w[0] < 0.01 and w[-1] < 0.01  # off the clean end and off pure noise
+    # torch tensors work the same
+    ts = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(loss_weights(ts, "min_snr"), torch.tensor(loss_weights(ts.numpy().astype(float), "min_snr"),
+                                                                    dtype=torch.float32))
+    with pytest.raises(ValueError, match="unknown loss weighting 'snr'.*none, cosmap, min_snr"):
+        loss_weights(s, "snr")
+    with pytest.raises(ValueError, match="gamma > 0"):
+        loss_weights(s, "min_snr", gamma=0)

@@ -71,6 +71,40 @@ def test_presets_overrides_and_alpha_default():
 # --- targets -----------------------------------------------------------------------------------------
 
 
+def test_the_loss_is_the_weighted_velocity_error_at_the_sampled_timesteps(tmp_path):
+    from types import SimpleNamespace
+
+    from weightshop.models.latents import pack_latents
+    from weightshop.models.schedule import loss_weights
+    from weightshop.train.trainer import flow_matching_loss
+
+    g = torch.Generator().manual_seed(0)
+    files = ["a", "b", "c", "d"]
+    cached = SimpleNamespace(latents={f: torch.randn(4, 8, 8, generator=g) for f in files},
+                             embeds={f: (torch.randn(6, 2, 8, generator=g), torch.ones(6, dtype=torch.bool))
+                                     for f in files},
+                             empty=(torch.zeros(6, 2, 8), torch.ones(6, dtype=torch.bool)))
+    seen = {}
+
+    def transformer(xt, embeds, s, ids, mask, return_dict):  # predicts v = 0: the loss is |v|^2 per sample
+        seen["s"], seen["xt"] = s, xt
+        return (torch.zeros_like(xt),)
+
+    losses = {}
+    for kind in ("none", "cosmap", "min_snr"):
+        cfg = load_config(base={"data": {"manifest": "unused.json"}}, overrides=[f"schedule.loss_weighting={kind}"])
+        losses[kind] = flow_matching_loss(transformer, cached, files, cfg, step=3, micro=0).item()
+    s = seen["s"]  # the same timesteps and noise for every weighting: they come from (seed, step, micro)
+    x0 = pack_latents(torch.stack([cached.latents[f] for f in files]))
+    noise = (seen["xt"] - (1 - s.view(-1, 1, 1)) * x0) / s.view(-1, 1, 1)
+    per_sample = (noise - x0).pow(2).flatten(1).mean(1)
+    for kind, value in losses.items():
+        assert value == pytest.approx((loss_weights(s, kind) * per_sample).mean().item(), rel=1e-5), kind
+    assert losses["min_snr"] < losses["none"]  # min-SNR weights lie in (0, 1]
+    with pytest.raises(WeightshopError, match="schedule.loss_weighting"):
+        load_config(base={"data": {"manifest": "x.json"}}, overrides=["schedule.loss_weighting=snr"])
+
+
 def test_krea_default_targets_on_the_full_model():
     from accelerate import init_empty_weights
     from diffusers import Krea2Transformer2DModel

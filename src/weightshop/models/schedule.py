@@ -105,3 +105,31 @@ def sample_timesteps(n: int, kind: str = "logit_normal", *, generator=None, mean
     else:
         raise ValueError(f"unknown timestep sampler {kind!r}: expected uniform, logit_normal or shifted")
     return s.clamp(1e-4, 1.0 - 1e-4)
+
+
+LOSS_WEIGHTINGS = ("none", "cosmap", "min_snr")
+
+
+def loss_weights(s, kind: str = "none", *, gamma: float = 5.0):
+    """Per-sample weights of the velocity loss ||v_pred - v||^2 at timesteps s (numpy or torch alike).
+
+    none: 1, Krea 2's objective as it is; where training spends its effort is then set by the timestep sampler
+    alone (weighting by w(s) under a sampler of density p(s) trains like sampling from a density proportional to
+    p(s) w(s), with noisier gradients). cosmap: 2 / (pi (1 - 2s + 2s^2)), the density of SD3's cosine-map sampler
+    used as a weight (peak 4/pi at s = 1/2, 2/pi at the ends). min_snr: Min-SNR-gamma for this objective. With
+    x0 = x_t - s v, the x0 error is s times the velocity error, and SNR(s) = ((1 - s) / s)^2, so weighting the x0
+    loss by min(SNR, gamma) weights the velocity loss by min((1 - s)^2, gamma s^2); divided by its peak
+    gamma / (1 + sqrt(gamma))^2 (at s = 1 / (1 + sqrt(gamma))) so the weights lie in (0, 1]. It takes weight off
+    the nearly clean end (s -> 0), where a small velocity error hardly changes the image, and off pure noise.
+    """
+    if kind == "none":
+        return s * 0 + 1.0
+    if kind == "cosmap":
+        return 2.0 / (math.pi * (1.0 - 2.0 * s + 2.0 * s * s))
+    if kind == "min_snr":
+        if gamma <= 0:
+            raise ValueError(f"min_snr needs gamma > 0, got {gamma}")
+        peak = gamma / (1.0 + math.sqrt(gamma)) ** 2
+        low, high = (1.0 - s) ** 2, gamma * s * s
+        return (low * (low <= high) + high * (high < low)) / peak
+    raise ValueError(f"unknown loss weighting {kind!r}: expected one of {', '.join(LOSS_WEIGHTINGS)}")

@@ -30,7 +30,7 @@ from weightshop.errors import WeightshopError
 from weightshop.io import atomic_write_json, atomic_write_text
 from weightshop.models.latents import pack_latents, position_ids
 from weightshop.models.loading import resolve_dtype
-from weightshop.models.schedule import KREA2_SHIFT, noisy_sample, sample_timesteps, velocity_target
+from weightshop.models.schedule import KREA2_SHIFT, loss_weights, noisy_sample, sample_timesteps, velocity_target
 from weightshop.train.config import TrainConfig, config_dict, differences
 from weightshop.train.targets import resolve_targets
 
@@ -110,7 +110,9 @@ def flow_matching_loss(transformer, cached, files: list[str], cfg: TrainConfig, 
     xt, embeds, s, mask = xt.to(device, dtype), embeds.to(device, dtype), s.to(device, dtype), mask.to(device)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.memory.autocast == "bf16"):
         v = transformer(xt, embeds, s, ids, mask, return_dict=False)[0]
-    return F.mse_loss(v.float(), target)
+    per_sample = (v.float() - target).pow(2).flatten(1).mean(1)
+    weights = loss_weights(s.float(), cfg.schedule.loss_weighting, gamma=cfg.schedule.min_snr_gamma)
+    return (weights * per_sample).mean()
 
 
 def lora_state(transformer) -> dict[str, torch.Tensor]:
