@@ -10,7 +10,8 @@ OUT/results.jsonl; a recipe already there is skipped, so an interrupted sweep re
         ema:optim.ema=0.99 minsnr:schedule.loss_weighting=min_snr
 
 A recipe is NAME or NAME:KEY=VALUE,KEY=VALUE (the `weightshop train --set` syntax). Takes about 4 minutes per
-recipe on a 2-core CPU.
+recipe on a 2-core CPU. `--mirror` adds a left-right mirror of every clean image to the set before the curate
+stage checks it, its caption's "left" and "right" swapped (horizontal-flip augmentation done by hand).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ from weightshop.transfer.scorers import concept_present, other_attribute_accurac
 CONCEPT = "star"
 
 
+def mirrored_set(write_domain_set):
+    """write_domain_set, then a mirrored copy (caption's left/right swapped) of each image no fault was planted in."""
+    import re
+
+    from PIL import Image, ImageOps
+
+    def write(folder, concept, **kw):
+        planted = write_domain_set(folder, concept, **kw)
+        faulty = {f for files in planted.values() for f in files}
+        swap = {"left": "right", "right": "left"}
+        for png in sorted(Path(folder).glob("*.png")):
+            if png.name in faulty or not png.with_suffix(".txt").is_file() or "_copy" in png.name:
+                continue
+            with Image.open(png) as im:
+                ImageOps.mirror(im.convert("RGB")).save(png.with_name(png.stem + "_mirror.png"))
+            text = re.sub(r"\b(left|right)\b", lambda m: swap[m.group(1)], png.with_suffix(".txt").read_text())
+            png.with_name(png.stem + "_mirror.txt").write_text(text)
+        return planted
+
+    return write
+
+
 def judge(model, lora: Path, jobs, probe) -> dict:
     images = generate(model, GenerateRequest(prompts=[j.prompt for j in jobs], seeds=[0], batch_size=48,
                                              loras=[LoraRequest(lora, 1.0)]))
@@ -58,6 +81,7 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+")
     parser.add_argument("--out", type=Path, default=Path("weightshop-out/recipes"))
     parser.add_argument("--turbo", action="store_true", help="also judge on nano-Turbo at strength 1")
+    parser.add_argument("--mirror", action="store_true", help="add left-right mirrored copies to the set")
     args = parser.parse_args()
     work, results = args.out, args.out / "results.jsonl"
     work.mkdir(parents=True, exist_ok=True)
@@ -65,6 +89,10 @@ def main() -> None:
     raw_dir, turbo_dir, probe_dir = family.paths()
     pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
     if not (work / "curate" / "dataset.json").is_file():
+        if args.mirror:
+            import weightshop.nano.domain as domain
+
+            domain.write_domain_set = mirrored_set(domain.write_domain_set)
         demo._curate(Path(pair.raw.source.transformer), work, lambda *a: None, CONCEPT)
     probe = load_probe(probe_dir)
     jobs, _ = make_jobs(None, CONCEPT, (0,), demo.DEMO_JUDGE_PROMPTS)

@@ -71,6 +71,17 @@ def test_presets_overrides_and_alpha_default():
 # --- targets -----------------------------------------------------------------------------------------
 
 
+def test_overrides_never_edit_a_preset_or_the_callers_base():
+    from weightshop.train.config import PRESETS
+
+    base = {"data": {"manifest": "x.json"}, "schedule": {"steps": 600, "seed": 0}}
+    first = load_config(base=base, overrides=["schedule.seed=2", "lora.rank=8"], preset="style")
+    second = load_config(base=base, preset="style")
+    assert (first.schedule.seed, first.lora.rank) == (2, 8)
+    assert (second.schedule.seed, second.lora.rank) == (0, 32)
+    assert base["schedule"] == {"steps": 600, "seed": 0} and PRESETS["style"]["lora"] == {"rank": 32}
+
+
 def test_the_loss_is_the_weighted_velocity_error_at_the_sampled_timesteps(tmp_path):
     from types import SimpleNamespace
 

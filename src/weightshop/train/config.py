@@ -138,7 +138,9 @@ PRESETS: dict[str, dict] = {
 def _merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        # copies all the way down: `--set` edits the merged dict, never a preset or the caller's base
+        out[key] = (_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else copy.deepcopy(value))
     return out
 
 
