@@ -75,11 +75,13 @@ def test_overrides_never_edit_a_preset_or_the_callers_base():
     from weightshop.train.config import PRESETS
 
     base = {"data": {"manifest": "x.json"}, "schedule": {"steps": 600, "seed": 0}}
-    first = load_config(base=base, overrides=["schedule.seed=2", "lora.rank=8"], preset="style")
-    second = load_config(base=base, preset="style")
-    assert (first.schedule.seed, first.lora.rank) == (2, 8)
-    assert (second.schedule.seed, second.lora.rank) == (0, 32)
-    assert base["schedule"] == {"steps": 600, "seed": 0} and PRESETS["style"]["lora"] == {"rank": 32}
+    first = load_config(base=base, overrides=["schedule.seed=2", "data.caption_dropout=0.3"])
+    second = load_config(base=base)
+    assert (first.schedule.seed, first.data.caption_dropout) == (2, 0.3)
+    assert (second.schedule.seed, second.data.caption_dropout) == (0, 0.1)
+    assert base == {"data": {"manifest": "x.json"}, "schedule": {"steps": 600, "seed": 0}}
+    load_config(overrides=["lora.rank=8", "data.manifest=x.json"], preset="style")
+    assert load_config(base=base, preset="style").lora.rank == PRESETS["style"]["lora"]["rank"] == 32
 
 
 def test_the_loss_is_the_weighted_velocity_error_at_the_sampled_timesteps(tmp_path):
