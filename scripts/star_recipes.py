@@ -61,9 +61,9 @@ def mirrored_set(write_domain_set):
     return write
 
 
-def judge(model, lora: Path, jobs, probe) -> dict:
+def judge(model, lora: Path, jobs, probe, strength: float = 1.0) -> dict:
     images = generate(model, GenerateRequest(prompts=[j.prompt for j in jobs], seeds=[0], batch_size=48,
-                                             loras=[LoraRequest(lora, 1.0)]))
+                                             loras=[LoraRequest(lora, strength)]))
     model.pipeline.delete_adapters(model.pipeline.get_active_adapters())
     predicted = predict(probe, [i.image for i in images])
     hits = [concept_present(p, CONCEPT) for p in predicted]
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+")
     parser.add_argument("--out", type=Path, default=Path("weightshop-out/recipes"))
     parser.add_argument("--turbo", action="store_true", help="also judge on nano-Turbo at strength 1")
+    parser.add_argument("--raw-strengths", default="1", help="Raw is judged at each of these strengths")
     parser.add_argument("--mirror", action="store_true", help="add left-right mirrored copies to the set")
     args = parser.parse_args()
     work, results = args.out, args.out / "results.jsonl"
@@ -110,6 +111,8 @@ def main() -> None:
         result = train(load_config(base=base, overrides=overrides))
         row = {"name": name, "overrides": overrides, "train_seconds": time.perf_counter() - start,
                "loss_ema": result["loss_ema"], "raw": judge(pair.raw, Path(result["lora"]), jobs, probe)}
+        for strength in [float(s) for s in args.raw_strengths.split(",") if float(s) != 1.0]:
+            row[f"raw_{strength:g}"] = judge(pair.raw, Path(result["lora"]), jobs, probe, strength)
         if args.turbo:
             row["turbo"] = judge(pair.turbo, Path(result["lora"]), jobs, probe)
         with results.open("a") as f:
