@@ -136,7 +136,9 @@ def _curate(model_dir: Path, workdir: Path, progress: Progress, concept: str) ->
 # (rank 64 on every Linear, lr 1e-3, 600 steps) 68.8 / 63.5 %; 1000 steps 62.5 / 62.5 %; the same recipe on 21 images
 # drawn at random, 1000 steps, 60.4 % on Raw; batch 16, no caption dropout, LoRA dropout, logit-normal timesteps,
 # pair-heavy sets, lr 5e-4 x 1200 steps: 51-66 % on Raw. Rank 8-128, DoRA, krea-default targets and 45 images did no
-# better in the first round. Shapes-world's Raw knows three shapes, so a fourth is not a blend of what it can draw:
+# better in the first round. Third round (scripts/star_recipes.py): training seeds 1 and 2 65.6 %; EMA, cosine lr,
+# min-SNR or cosmap loss weighting, mirrored copies: 54-68 %. This LoRA at strength 1.25 on Raw: 79.2 % (adherence
+# 4.3 points down). Shapes-world's Raw knows three shapes, so a fourth is not a blend of what it can draw:
 # lone stars come out (89 %), stars beside another object 42 % of the time. `--concept striped` reaches Raw 92 % /
 # Turbo 92 % by the probe with the rank 16 recipe, but the nano VAE cannot reproduce 4 px stripes (its round trip of
 # a striped render is a hazy fill, which the probe calls striped): the LoRA reproduces the training latents, and no
