@@ -131,5 +131,6 @@ def loss_weights(s, kind: str = "none", *, gamma: float = 5.0):
             raise ValueError(f"min_snr needs gamma > 0, got {gamma}")
         peak = gamma / (1.0 + math.sqrt(gamma)) ** 2
         low, high = (1.0 - s) ** 2, gamma * s * s
+        # min(low, high), exact for floats, arrays and tensors alike ((a + b - |a - b|) / 2 cancels in float32)
         return (low * (low <= high) + high * (high < low)) / peak
     raise ValueError(f"unknown loss weighting {kind!r}: expected one of {', '.join(LOSS_WEIGHTINGS)}")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from weightshop.errors import WeightshopError
+from weightshop.models.schedule import LOSS_WEIGHTINGS
 
 
 class _Strict(BaseModel):
@@ -50,7 +51,7 @@ class ScheduleConfig(_Strict):
     timesteps: Literal["uniform", "logit_normal", "shifted"] = "shifted"
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    loss_weighting: Literal["none", "cosmap", "min_snr"] = Field(
+    loss_weighting: Literal[LOSS_WEIGHTINGS] = Field(
         "none", description="Weight of each sample's loss by its timestep (models.schedule.loss_weights); none: "
                             "Krea 2's plain objective, the timestep sampler alone decides where training goes.")
     min_snr_gamma: float = Field(5.0, gt=0, description="gamma of loss_weighting min_snr.")
