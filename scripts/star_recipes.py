@@ -32,7 +32,7 @@ from weightshop.nano import family
 from weightshop.nano.domain import composition
 from weightshop.nano.evaluate import load_probe
 from weightshop.nano.probe import predict
-from weightshop.train import load_config, train
+from weightshop.train import train
 from weightshop.transfer.run import make_jobs
 from weightshop.transfer.scorers import concept_present, other_attribute_accuracy
 
@@ -102,13 +102,8 @@ def main() -> None:
         if name in done:
             continue
         overrides = [s for s in sets.split(",") if s]
-        base = {**demo.DEMO_TRAIN, "data": {**demo.DEMO_TRAIN["data"], "manifest": str(work / "curate" / "dataset.json"),
-                                           "cache": str(work / "curate" / "cache")},
-                "model": {"raw": str(raw_dir), "turbo": str(turbo_dir)},
-                "validation": {"every": 0, "prompts": []},
-                "output": {**demo.DEMO_TRAIN["output"], "dir": str(work / "runs" / name), "name": name}}
         start = time.perf_counter()
-        result = train(load_config(base=base, overrides=overrides))
+        result = train(demo.train_config(pair, work, name, overrides))
         row = {"name": name, "overrides": overrides, "train_seconds": time.perf_counter() - start,
                "loss_ema": result["loss_ema"], "raw": judge(pair.raw, Path(result["lora"]), jobs, probe)}
         for strength in [float(s) for s in args.raw_strengths.split(",") if float(s) != 1.0]:

@@ -158,16 +158,24 @@ DEMO_JUDGE_PROMPTS = 96
 TARGETS = {"raw_hit_rate": 0.80, "turbo_over_raw": 0.90, "max_adherence_drop_points": 5.0}
 
 
-def _train(pair: ModelPair, workdir: Path, progress: Progress, nano: bool, concept: str) -> tuple[dict, str]:
-    """Train the concept's LoRA on Raw from the curate stage's cache (resumes if a previous demo was interrupted)."""
-    from weightshop.train import load_config, train
+def train_config(pair: ModelPair, workdir: Path, name: str, overrides: list[str] | None = None):
+    """The demo's LoRA config (DEMO_TRAIN) on the curate stage's cache in workdir, the run in workdir/train/<name>;
+    `overrides` as `weightshop train --set` takes them (scripts/star_recipes.py varies the recipe this way)."""
+    from weightshop.train import load_config
 
     base = {**DEMO_TRAIN, "model": {"raw": str(pair.raw.source.transformer), "turbo": str(pair.turbo.source.transformer)},
             "data": {**DEMO_TRAIN["data"], "manifest": str(workdir / "curate" / "dataset.json"),
                      "cache": str(workdir / "curate" / "cache")},
-            "output": {**DEMO_TRAIN["output"], "dir": str(workdir / "train" / concept), "name": concept}}
+            "output": {**DEMO_TRAIN["output"], "dir": str(workdir / "train" / name), "name": name}}
+    return load_config(base=base, overrides=overrides)
+
+
+def _train(pair: ModelPair, workdir: Path, progress: Progress, nano: bool, concept: str) -> tuple[dict, str]:
+    """Train the concept's LoRA on Raw from the curate stage's cache (resumes if a previous demo was interrupted)."""
+    from weightshop.train import train
+
     overrides = [] if nano else [f"schedule.steps={TINY_STEPS}", "schedule.batch_size=2"]
-    cfg = load_config(base=base, overrides=overrides)
+    cfg = train_config(pair, workdir, concept, overrides)
     result = train(cfg, progress=lambda label, d, t, m: progress(f"train {label}", d, t))
     losses = [json.loads(line)["loss"] for line in (Path(result["run"]) / "metrics.jsonl").read_text().splitlines()]
     summary = {"lora": result["lora"], "steps": result["step"], "modules": result["modules"],
