@@ -9,7 +9,7 @@ OUT/results.jsonl; a recipe already there is skipped, so an interrupted sweep re
     python scripts/star_recipes.py --out weightshop-out/recipes demo seed1:schedule.seed=1 \
         ema:optim.ema=0.99 minsnr:schedule.loss_weighting=min_snr
 
-A recipe is NAME or NAME:KEY=VALUE,KEY=VALUE (the `weightshop train --set` syntax). Takes about 4 minutes per
+A recipe is NAME or NAME:KEY=VALUE,KEY=VALUE (the `weightshop train --set` syntax). Takes about 5-6 minutes per
 recipe on a 2-core CPU. `--mirror` adds a left-right mirror of every clean image to the set before the curate
 stage checks it, its caption's "left" and "right" swapped (horizontal-flip augmentation done by hand).
 """
