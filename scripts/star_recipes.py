@@ -83,11 +83,12 @@ def main() -> None:
     parser.add_argument("--turbo", action="store_true", help="also judge on nano-Turbo at strength 1")
     parser.add_argument("--raw-strengths", default="1", help="Raw is judged at each of these strengths")
     parser.add_argument("--mirror", action="store_true", help="add left-right mirrored copies to the set")
+    parser.add_argument("--family", type=Path, default=family.WEIGHTS, help="a packaged nano family (default: the committed one)")
     args = parser.parse_args()
     work, results = args.out, args.out / "results.jsonl"
     work.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.is_file() else set()
-    raw_dir, turbo_dir, probe_dir = family.paths()
+    raw_dir, turbo_dir, probe_dir = family.paths(args.family)
     pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
     if not (work / "curate" / "dataset.json").is_file():
         if args.mirror:

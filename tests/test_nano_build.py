@@ -180,6 +180,29 @@ def test_committed_probe_meets_its_accuracy_target():
     assert min(accuracy.values()) >= 0.98, accuracy
 
 
+def test_a_probe_from_another_world_is_refused_by_name(smoke, tmp_path):
+    """A probe whose label space is not this world's (another family's shapes, say) would load with mismatched heads
+    or read labels off by one: it is refused, naming the file and the labels that differ."""
+    import shutil
+
+    from weightshop.errors import WeightshopError
+    from weightshop.nano.evaluate import load_probe
+
+    root, _ = smoke
+    shutil.copytree(root / "weights" / "probe", tmp_path / "probe")
+    assert load_probe(tmp_path / "probe").heads["shape"].out_features == len(world.ATTRIBUTE_VALUES["shape"])
+    config = json.loads((tmp_path / "probe" / "config.json").read_text())
+    config["attributes"]["shape"] = ["circle", "square", "star"]
+    (tmp_path / "probe" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightshopError, match=r"config.json: this probe was trained for another shapes world: shape: "
+                                              r"probe \['circle', 'square', 'star'\], this world \['circle'"):
+        load_probe(tmp_path / "probe")
+    del config["attributes"]
+    (tmp_path / "probe" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightshopError, match="no 'attributes'"):
+        load_probe(tmp_path / "probe")
+
+
 def test_single_frame_vae_path_is_exact():
     from weightshop.models.qwen_vae import use_single_frame_convs
     from weightshop.models.tiny import tiny_vae

@@ -171,12 +171,14 @@ def test_the_probe_is_found_in_a_packaged_family(tmp_path, lora):
     from safetensors.torch import save_file as save
 
     from weightshop.nano.probe import Probe
+    from weightshop.nano import world
     from weightshop.transfer.run import default_scorers
 
     (tmp_path / "probe").mkdir()
     torch.manual_seed(0)
     save(Probe(8).state_dict(), str(tmp_path / "probe" / "probe.safetensors"))
-    (tmp_path / "probe" / "config.json").write_text(json.dumps({"width": 8}))
+    (tmp_path / "probe" / "config.json").write_text(json.dumps(
+        {"width": 8, "attributes": {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}}))
     with pytest.raises(WeightshopError, match="no way to score"):  # not packaged: no manifest
         default_scorers("star", tmp_path, None, lora)
     (tmp_path / "manifest.json").write_text("{}")

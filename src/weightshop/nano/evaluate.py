@@ -45,8 +45,21 @@ def load_probe(path) -> Probe:
 
     from safetensors.torch import load_file
 
+    from weightshop.errors import WeightshopError
+
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
+    expected = {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}
+    trained = config.get("attributes")
+    if not isinstance(trained, dict):
+        raise WeightshopError(f"{path / 'config.json'}: no 'attributes' (the labels the probe was trained for); "
+                              "expected the probe a `weightshop nano build` packages with its family")
+    changed = [k for k in expected if trained.get(k) != expected[k]] + [k for k in trained if k not in expected]
+    if changed:
+        raise WeightshopError(
+            f"{path / 'config.json'}: this probe was trained for another shapes world: "
+            + "; ".join(f"{k}: probe {trained.get(k)}, this world {expected.get(k)}" for k in changed)
+            + ". Use the probe packaged with the same nano family (`weightshop nano build` writes both)")
     probe = Probe(config["width"])
     probe.load_state_dict(load_file(str(path / "probe.safetensors")))
     return probe.eval()
