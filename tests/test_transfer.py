@@ -178,7 +178,7 @@ def test_the_probe_is_found_in_a_packaged_family(tmp_path, lora):
     torch.manual_seed(0)
     save(Probe(8).state_dict(), str(tmp_path / "probe" / "probe.safetensors"))
     (tmp_path / "probe" / "config.json").write_text(json.dumps(
-        {"width": 8, "attributes": {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}}))
+        {"width": 8, "attributes": world.label_space()}))
     with pytest.raises(WeightshopError, match="no way to score"):  # not packaged: no manifest
         default_scorers("star", tmp_path, None, lora)
     (tmp_path / "manifest.json").write_text("{}")

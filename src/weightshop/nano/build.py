@@ -150,7 +150,7 @@ class Build:
 
         sheet = image_grid([[world.render(s) for s in scenes[i:i + 8]] for i in range(0, len(scenes), 8)], cell=64)
         sheet.save(self.final / "world_preview.png")
-        return {"preview": "world_preview.png", "attributes": {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}}
+        return {"preview": "world_preview.png", "attributes": world.label_space()}
 
     def stage_vae(self) -> dict | None:
         r = self.recipe.vae
@@ -362,8 +362,7 @@ class Build:
 
         (self.final / "probe").mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(self.final / "probe" / "probe.safetensors"))
-        atomic_write_json(self.final / "probe" / "config.json", {"width": r.width, "attributes": {
-            k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}})
+        atomic_write_json(self.final / "probe" / "config.json", {"width": r.width, "attributes": world.label_space()})
         accuracy = clean_accuracy(probe, n=2000 if r.steps > 100 else 20)
         atomic_write_json(self.final / "probe" / "accuracy.json", accuracy)
         return {"steps": info["step"], "clean_accuracy": accuracy}

@@ -49,7 +49,7 @@ def load_probe(path) -> Probe:
 
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    expected = {k: list(v) for k, v in world.ATTRIBUTE_VALUES.items()}
+    expected = world.label_space()
     trained = config.get("attributes")
     if not isinstance(trained, dict):
         raise WeightshopError(f"{path / 'config.json'}: no 'attributes' (the labels the probe was trained for); "

@@ -74,6 +74,12 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
 }
 HELDOUT_CONCEPTS = HELDOUT_SHAPES + HELDOUT_FILLS
 
+
+def label_space() -> dict[str, list[str]]:
+    """ATTRIBUTE_VALUES as JSON: what a probe's config.json records and what loading a probe checks against."""
+    return {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}
+
+
 # Nominal radius as a fraction of image size. Two-object scenes use smaller
 # radii so the objects never overlap.
 _RADIUS = {1: {"small": 0.14, "large": 0.26}, 2: {"small": 0.10, "large": 0.17}}
