@@ -64,6 +64,10 @@ def test_quantized_base_bytes(full):
     assert bf16 - base_weight_bytes(counts, "bf16", "fp8") == blocks_bf16 - fp8
     assert 0.5 < base_weight_bytes(counts, "bf16", "fp8") / bf16 < 0.55  # the rest stays bf16
     assert base_weight_bytes(counts, "bf16", "int8") > base_weight_bytes(counts, "bf16", "fp8")  # per-channel scales
+    # fp8-mm: the same float8 bytes with int8's per-channel scales (measured on the H100 with the fp32 LoRA: 12.92 GiB)
+    fp8_mm = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, "fp8-mm")
+    assert fp8_mm - fp8 == 4 * (counts.quantizable_out_channels - counts.quantizable_linears)
+    assert (base_weight_bytes(counts, "bf16", "fp8-mm") + 4 * counts.lora) / 2**30 == pytest.approx(12.923, rel=0.001)
 
 
 def test_activation_formula_scales_as_it_should(full):
@@ -204,3 +208,25 @@ def test_prediction_matches_the_recorded_full_size_gpu_peaks():
                                batch_size=r["batch_size"])
         predicted = predict(settings, shape, r["resolution"]).allocated / 2**30
         assert predicted == pytest.approx(r["peak_gib"], rel=0.05), r
+
+
+def test_prediction_matches_the_recorded_h100_peaks_of_the_float8_matmul_base():
+    """docs/benchmarks/gpu-train-h100.json, run 2 (scripts/gpu_check.sh on an H100): the bf16 and fp8-mm bases at
+    1024 px; fp8-mm keeps no upcast weight for backward, which the plan must see (predicted lower than fp8)."""
+    import json
+    from pathlib import Path
+
+    from weightshop.train.plan import RunSettings, full_size_shape, predict
+
+    record = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "gpu-train-h100.json").read_text())
+    rows = [r for r in record["runs"][1]["report"]["rows"] if not r["compile"]]
+    assert {r["base"] for r in rows} == {"bf16", "fp8-mm"}
+    shape = full_size_shape()
+    predicted = {}
+    for base in ("none", "fp8", "fp8-mm"):
+        settings = RunSettings(model_dtype="bf16", autocast="bf16", base_dtype=base, checkpointing=True, rank=32,
+                               targets="krea-default", batch_size=1)
+        predicted[base] = predict(settings, shape, 1024).allocated / 2**30
+    for r in rows:
+        assert predicted["none" if r["base"] == "bf16" else r["base"]] == pytest.approx(r["peak_gib"], rel=0.05), r
+    assert predicted["fp8-mm"] < predicted["fp8"] - 0.5

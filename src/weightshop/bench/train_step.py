@@ -38,8 +38,12 @@ def nano_config() -> dict:
 
 def measure(resolution: int, base: str, *, config: dict | None = None, device: str = "cuda", steps: int = 5,
             warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
-            compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS) -> dict:
-    """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`."""
+            compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS,
+            memory_cap_gib: float | None = None) -> dict:
+    """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`.
+
+    `memory_cap_gib` (CUDA) lets the steps allocate no more than that, as on a smaller card: the check that a
+    configuration fits, the caching allocator's slack included (the random weights are built before it applies)."""
     from weightshop.train.memory import weight_bytes
     from weightshop.train.plan import RunSettings
     from weightshop.train.synthetic import trainer_step
@@ -51,19 +55,27 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
                            checkpointing=checkpointing, compile=compile, rank=rank, targets=targets,
                            batch_size=batch_size)
     step = trainer_step(config, settings, resolution, device=device, vae_scale=vae_scale, text_tokens=text_tokens)
-    times, losses = [], []
-    if cuda:  # the training peak, not the one-off cost of building random weights
+    if cuda:  # the training peak, not the one-off cost of building random weights (nor the cache it left)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        losses.append(step.last_loss)
+        if memory_cap_gib:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
+    times, losses = [], []
+    try:
+        for i in range(warmup + steps):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+            losses.append(step.last_loss)
+    finally:
+        if cuda and memory_cap_gib:
+            torch.cuda.set_per_process_memory_fraction(1.0)
     result = {
         "resolution": resolution, "base": base, "checkpointing": checkpointing, "compile": compile,
         "batch_size": batch_size, "rank": rank, "targets": targets, "lora_modules": len(step.names),
@@ -72,6 +84,8 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
         "grad_norm": step.last_grad_norm, "loss_finite": all(math.isfinite(x) for x in losses),
         "image_tokens": (resolution // vae_scale // 2) ** 2, "text_tokens": text_tokens,
     }
+    if memory_cap_gib:
+        result["memory_cap_gib"] = memory_cap_gib
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -84,16 +98,16 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
 
 def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "bf16,fp8,int8",
                compile_at: str = "", steps: int = 5, warmup: int = 2, budget_s: float = 420.0,
-               progress=None) -> dict:
+               memory_cap_gib: float | None = None, text_tokens: int | None = None, progress=None) -> dict:
     """Measure every (base, resolution), then the compiled ones; each row also gets its time as a ratio to the
     first base at the same resolution and compile setting (the baseline of this same run)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(1)  # comparable across machines; threads fight on a shared 2-core box
     config = None if full_size else nano_config()
-    if full_size:
+    if not text_tokens and full_size:
         text_tokens = TEXT_TOKENS
-    else:
+    elif not text_tokens:
         from weightshop.nano.build import NanoRecipe
 
         text_tokens = NanoRecipe().text.max_sequence_length
@@ -107,19 +121,20 @@ def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "
             continue
         try:
             row = measure(resolution, base, config=config, device=device, steps=steps, warmup=warmup,
-                          compile=compiled, vae_scale=8 if full_size else 4, text_tokens=text_tokens)
+                          compile=compiled, vae_scale=8 if full_size else 4, text_tokens=text_tokens,
+                          memory_cap_gib=memory_cap_gib)
         except Exception as e:  # record and go on: one failing mode must not cost the others
             row = {"resolution": resolution, "base": base, "compile": compiled, "error": f"{type(e).__name__}: {e}"[:400]}
         rows.append(row)
         if progress:
             progress(row)
     baseline = {(r["resolution"]): r["s_per_step"] for r in rows
-                if r["base"] == names[0] and not r["compile"] and "s_per_step" in r}
+                if names and r["base"] == names[0] and not r["compile"] and "s_per_step" in r}
     for r in rows:
         if "s_per_step" in r and r["resolution"] in baseline:
             r["ratio"] = r["s_per_step"] / baseline[r["resolution"]]
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "full_size": full_size, "baseline": names[0], "rows": rows, "seconds": time.perf_counter() - began}
+            "full_size": full_size, "baseline": names[0] if names else None, "rows": rows, "seconds": time.perf_counter() - began}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=420.0, help="Stop starting new configurations after this")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="CUDA: allow the steps no more than this (a smaller card's memory); a row that does not "
+                             "fit records the out-of-memory error")
+    parser.add_argument("--text-tokens", type=int, default=None,
+                        help="Text tokens per sample (default: the model's max_sequence_length, the worst case)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     report = run_matrix(full_size=args.full_size, resolutions=args.resolutions, bases=args.bases,
                         compile_at=args.compile_at, steps=args.steps, warmup=args.warmup, budget_s=args.budget_s,
+                        memory_cap_gib=args.memory_cap_gib, text_tokens=args.text_tokens,
                         progress=lambda row: print(json.dumps(row), flush=True))
     if args.out:
         with open(args.out, "w") as f:

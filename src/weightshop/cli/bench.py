@@ -17,9 +17,12 @@ app = typer.Typer(help="Benchmarks: ratios against a baseline measured in the sa
 def train(
     full_size: bool = typer.Option(False, help="Full Krea 2 (12.8 B, random weights; needs a GPU). Default: nano."),
     resolutions: str = typer.Option("512,1024", help="Square sides, comma-separated (nano: use 64)."),
-    bases: str = typer.Option("bf16,fp8,int8", help="Frozen-base storage to compare; the first is the baseline."),
+    bases: str = typer.Option("bf16,fp8,int8", help="Frozen-base storage to compare (bf16, fp8, fp8-mm, int8, nf4); "
+                                                    "the first is the baseline."),
     compile_at: str = typer.Option("", help="Also measure these bases with regional compile at the last size."),
     steps: int = typer.Option(5, min=1), warmup: int = typer.Option(2, min=0),
+    text_tokens: int = typer.Option(None, min=1, help="Text tokens per sample (default: max_sequence_length)."),
+    memory_cap_gib: float = typer.Option(None, help="CUDA: allow the steps only this much (a smaller card)."),
     out: Path = typer.Option(None, help="Write the rows as JSON here (e.g. docs/benchmarks/NAME.json)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -27,7 +30,8 @@ def train(
     from weightshop.bench.train_step import run_matrix
 
     report = run_matrix(full_size=full_size, resolutions=resolutions, bases=bases, compile_at=compile_at,
-                        steps=steps, warmup=warmup, progress=lambda row: console.print(
+                        steps=steps, warmup=warmup, text_tokens=text_tokens, memory_cap_gib=memory_cap_gib,
+                        progress=lambda row: console.print(
                             f"{row['base']} {row['resolution']} px: {row.get('s_per_step', float('nan')):.3f} s/step"
                             + (f" ({row['error']})" if "error" in row else "")))
     if out:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from weightshop.errors import WeightshopError
 from weightshop.models.schedule import LOSS_WEIGHTINGS
+from weightshop.train.plan import BASE_DTYPES
 
 
 class _Strict(BaseModel):
@@ -72,9 +73,10 @@ class OptimConfig(_Strict):
 class MemoryConfig(_Strict):
     gradient_checkpointing: bool = False
     autocast: Literal["none", "bf16"] = "none"
-    base_dtype: Literal["none", "fp8", "int8", "nf4"] = Field(
-        "none", description="Store the frozen transformer blocks in fp8 (scaled, upcast per layer), int8 (torchao) or "
-                            "nf4 (bitsandbytes, CUDA); the LoRA stays fp32.")
+    base_dtype: Literal[BASE_DTYPES] = Field(
+        "none", description="Store the frozen transformer blocks in fp8 (scaled, upcast per layer), fp8-mm (fp8 "
+                            "matmuls in the forward: Ada/Hopper GPUs), int8 (torchao) or nf4 (bitsandbytes, CUDA); "
+                            "the LoRA stays fp32.")
     compile: bool = Field(False, description="Regional torch.compile of the repeated transformer block.")
 
 

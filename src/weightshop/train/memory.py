@@ -6,6 +6,10 @@ compute dtype, which is the usual practice for Krea 2 quantized files too (see K
 
 - fp8:  each block Linear stored as float8_e4m3fn with one fp32 scale (the "fp8 scaled" layout of ComfyUI's
         Krea 2 files), upcast inside its own forward (`Float8Linear`).
+- fp8-mm: stored in float8 with one scale per output channel, and the matmuls themselves run in float8
+        (`torch._scaled_mm`; activations and gradients scaled per row as they arrive: `Float8MatmulLinear`).
+        Float8 tensor cores (Ada, Hopper) do the forward, its recomputation under checkpointing and the input
+        gradient at twice bf16's rate.
 - int8: torchao's int8 weight-only tensors (per-channel scales); peft wraps them in its torchao LoRA layer.
 - nf4:  bitsandbytes 4-bit NormalFloat (QLoRA), CUDA only.
 
@@ -17,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from weightshop.errors import WeightshopError
+from weightshop.train.plan import BASE_DTYPES
 
-BASE_DTYPES = ("none", "fp8", "int8", "nf4")
+
 def _in_blocks(name: str) -> bool:
     return name.startswith("transformer_blocks.") and "norm" not in name
 
@@ -40,10 +45,13 @@ class Float8Linear(torch.nn.Linear):
 
     compute_dtype: torch.dtype = torch.bfloat16
 
+    per_channel = False  # one scale for the tensor; `Float8MatmulLinear` keeps one per output channel
+
     @classmethod
     def convert(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype) -> "Float8Linear":
         weight = linear.weight.detach().float()
-        scale = (weight.abs().amax() / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+        amax = weight.abs().amax(dim=1, keepdim=True) if cls.per_channel else weight.abs().amax()
+        scale = (amax / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
         linear.weight = torch.nn.Parameter((weight / scale).to(torch.float8_e4m3fn), requires_grad=False)
         linear.register_buffer("weight_scale", scale.to(weight.device))
         if linear.bias is not None:
@@ -60,25 +68,100 @@ class Float8Linear(torch.nn.Linear):
         return torch.nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
 
 
-def store_base(transformer, base_dtype: str, compute_dtype: torch.dtype) -> dict:
-    """Store the frozen block weights of `transformer` as `base_dtype`; returns what was done (for logs)."""
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2-D tensor as float8_e4m3fn rows times one fp32 scale per row (amax / 448): x ~= q * scale."""
+    amax = x.abs().amax(dim=1, keepdim=True).float()
+    scale = (amax / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+class _Float8Matmul(torch.autograd.Function):
+    """y = x W^T + b multiplied in float8, and the input's gradient too (the frozen weight gets none).
+
+    Forward: x quantized per row, W per output channel: both scales are outer scales of the product. Backward:
+    grad_x = grad W, whose contraction runs over W's output channels, so W's scales are folded into the gradient
+    first (grad * s_w per column), which is then quantized per row; W's float8 values are used as stored."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight_scale, bias, compute_dtype):
+        rows = x.reshape(-1, x.shape[-1])
+        q, scale = quantize_rows(rows)
+        # row-wise scaled float8 matmuls return bf16 on CUDA
+        out = torch._scaled_mm(q, weight.t(), scale_a=scale, scale_b=weight_scale.reshape(1, -1),
+                               out_dtype=torch.bfloat16).to(compute_dtype)
+        if bias is not None:
+            out = out + bias.to(compute_dtype)
+        ctx.save_for_backward(weight, weight_scale)
+        ctx.compute_dtype, ctx.x_dtype = compute_dtype, x.dtype
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, weight_scale = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1]).float() * weight_scale.reshape(1, -1)
+        q, scale = quantize_rows(rows)
+        ones = torch.ones(1, weight.shape[1], device=weight.device, dtype=torch.float32)
+        # the second operand must be column-major: a transposed float8 copy of W (1 byte per weight, transient)
+        grad_x = torch._scaled_mm(q, weight.t().contiguous().t(), scale_a=scale, scale_b=ones,
+                                  out_dtype=torch.bfloat16)
+        return grad_x.to(ctx.x_dtype).reshape(*grad.shape[:-1], weight.shape[1]), None, None, None, None
+
+
+class Float8MatmulLinear(Float8Linear):
+    """A frozen Linear stored like `Float8Linear` but with one scale per output channel, whose forward and input
+    gradient multiply in float8 (`torch._scaled_mm`, row-wise scales) instead of upcasting the weight.
+
+    Written here because torchao's float8 training keeps the weight in bf16 and re-quantizes it every step (the
+    base would not fit 24 GB) and its float8 inference tensors are not meant for a backward pass. Shapes that
+    float8 tensor cores refuse (in or out features not a multiple of 16) fall back to the upcast forward."""
+
+    per_channel = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_features % 16 or self.out_features % 16:
+            return super().forward(x)
+        return _Float8Matmul.apply(x, self.weight, self.weight_scale, self.bias, self.compute_dtype)
+
+
+def store_base(transformer, base_dtype: str, compute_dtype: torch.dtype, device=None) -> dict:
+    """Store the frozen block weights of `transformer` as `base_dtype`; returns what was done (for logs).
+
+    With `device`, the model moves there a block at a time, each stored low before the next arrives, so a base
+    that fits only quantized (Krea 2 is 25.6 GB in bf16, 13 GB with fp8 blocks) never has to fit whole. nf4
+    quantizes on its own way to the GPU."""
     if base_dtype not in BASE_DTYPES:
         raise WeightshopError(f"memory.base_dtype {base_dtype!r}: expected one of {', '.join(BASE_DTYPES)}")
+    target = torch.device(device) if device is not None else next(transformer.parameters()).device
+    if base_dtype == "fp8-mm" and target.type == "cuda" and torch.cuda.get_device_capability(target) < (8, 9):
+        name = torch.cuda.get_device_name(target)
+        raise WeightshopError(f"memory.base_dtype fp8-mm multiplies in float8, which {name} cannot (it needs an Ada or "
+                              "Hopper GPU or newer: RTX 40xx, L4/L40, H100); use memory.base_dtype: fp8")
     before = weight_bytes(transformer)
-    if base_dtype == "fp8":
-        for name, module in list(transformer.named_modules()):
-            if isinstance(module, torch.nn.Linear) and _in_blocks(name) and "lora_" not in name:
-                Float8Linear.convert(module, compute_dtype)
+    if base_dtype == "nf4":
+        _to_nf4(transformer, compute_dtype)
+    elif base_dtype != "none":
+        for i, block in enumerate(transformer.transformer_blocks):
+            if device is not None:
+                block.to(device)
+            _store_block(block, f"transformer_blocks.{i}.", base_dtype, compute_dtype)
+    if device is not None and base_dtype != "nf4":
+        transformer.to(device)
+    return {"base_dtype": base_dtype, "bytes_before": before, "bytes_after": weight_bytes(transformer)}
+
+
+def _store_block(block, prefix: str, base_dtype: str, compute_dtype: torch.dtype) -> None:
+    if base_dtype in ("fp8", "fp8-mm"):
+        kind = Float8Linear if base_dtype == "fp8" else Float8MatmulLinear
+        for name, module in list(block.named_modules()):
+            if isinstance(module, torch.nn.Linear) and _in_blocks(prefix + name) and "lora_" not in name:
+                kind.convert(module, compute_dtype)
     elif base_dtype == "int8":
         try:
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
         except ImportError:
             raise WeightshopError("memory.base_dtype int8 needs torchao: pip install 'weightshop[quant]'") from None
-        quantize_(transformer, Int8WeightOnlyConfig(),
-                  filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and _in_blocks(name))
-    elif base_dtype == "nf4":
-        _to_nf4(transformer, compute_dtype)
-    return {"base_dtype": base_dtype, "bytes_before": before, "bytes_after": weight_bytes(transformer)}
+        quantize_(block, Int8WeightOnlyConfig(),
+                  filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and _in_blocks(prefix + name))
 
 
 def _to_nf4(transformer, compute_dtype: torch.dtype) -> None:

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from weightshop.errors import WeightshopError
 
+BASE_DTYPES = ("none", "fp8", "fp8-mm", "int8", "nf4")  # memory.base_dtype: how the frozen blocks are stored
+
 GiB = 2**30
 # CUDA context and kernel images (~0.4-0.6 GiB with torch 2.x on H100, outside the caching allocator) plus
 # cuBLAS/cuDNN workspaces and the SDPA kernels' scratch (~0.2 GiB): memory the training tensors never get.
@@ -40,7 +42,6 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Optimizer state bytes per LoRA parameter: AdamW exp_avg + exp_avg_sq in fp32; bitsandbytes AdamW8bit the same
 # in 8 bits plus one fp32 absmax per 256 values each; Prodigy exp_avg, exp_avg_sq, s and the initial copy p0.
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2 * (1 + 4 / 256), "prodigy": 16.0}
-BASE_DTYPES = ("none", "fp8", "int8", "nf4")
 
 # Named cards as nvidia-smi reports their memory (MiB). GPU labels are binary: a "24 GB" RTX 4090 has 24564 MiB.
 GPUS_MIB = {
@@ -225,11 +226,11 @@ def count_parameters(shape: ModelShape, targets, rank: int, text_fusion: bool = 
 
 
 def quantized_bytes(params: int, linears: int, out_channels: int, base_dtype: str) -> int:
-    """Bytes of Linear weights stored as fp8 (1 B + one fp32 scale per tensor), int8 (1 B + one fp32 scale per
-    output channel) or nf4 (0.5 B + one fp32 absmax per block of 64)."""
+    """Bytes of Linear weights stored as fp8 (1 B + one fp32 scale per tensor), fp8-mm and int8 (1 B + one fp32
+    scale per output channel) or nf4 (0.5 B + one fp32 absmax per block of 64)."""
     if base_dtype == "fp8":
         return params + 4 * linears
-    if base_dtype == "int8":
+    if base_dtype in ("fp8-mm", "int8"):
         return params + 4 * out_channels
     if base_dtype == "nf4":
         return params // 2 + 4 * math.ceil(params / 64)
@@ -252,11 +253,14 @@ def dequantized_weight_bytes(counts: ParamCounts, base_dtype: str, checkpointing
     the matmul keeps that copy for the backward: without checkpointing every block's weights come back in bf16 (the
     saving is gone at the peak), with it only the recomputed block's (measured on CPU: docs/memory.md). bitsandbytes
     nf4 keeps its packed state and dequantizes again in backward: one weight at a time, forward and backward.
+    fp8-mm (`Float8MatmulLinear`) multiplies in float8 and upcasts only in backward, one weight at a time.
     """
     if base_dtype == "none":
         return 0
     if base_dtype == "nf4":
         return 2 * counts.largest_quantizable * dt.compute
+    if base_dtype == "fp8-mm":
+        return counts.largest_quantizable * dt.compute
     weights = max(counts.block_linear_weights) if checkpointing else sum(counts.block_linear_weights)
     return weights * dt.compute
 

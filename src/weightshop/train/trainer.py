@@ -282,9 +282,7 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     transformer = load_transformer(source, resolve_dtype(cfg.model.dtype))
     transformer.requires_grad_(False)
     compute = torch.bfloat16 if cfg.memory.autocast == "bf16" else resolve_dtype(cfg.model.dtype)
-    if cfg.memory.base_dtype != "nf4":  # nf4 quantizes on its way to the GPU
-        transformer.to(device)
-    base = store_base(transformer, cfg.memory.base_dtype, compute)
+    base = store_base(transformer, cfg.memory.base_dtype, compute, device=device)  # block by block: no bf16 peak
     names, params = add_lora(transformer, cfg, device)
     if cfg.memory.compile:
         compile_blocks(transformer)
