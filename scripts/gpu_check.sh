@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check for LoRA training (issue 5): full-size Krea 2 (12.8 B) with random weights, the
-# trainer's own step, seconds per step and peak VRAM at 1024 px (and 512 px where RESOLUTIONS says so) for a
-# bf16, fp8 and fp8-mm frozen base with gradient checkpointing, then the same with regional torch.compile.
-# One command, under 8 minutes.
+# trainer's own step, seconds per step and peak VRAM at 512 and 1024 px for a bf16, fp8, fp8-mm and int8 frozen
+# base with gradient checkpointing, then fp8-mm and bf16 with regional torch.compile at 1024 px, then fp8-mm +
+# compile again under a 24 GB card's memory. One command, about 5 minutes on an H100 (under 8).
 #
 # On a machine without diffusers/peft/torchao, carry their wheels in .whl/ (see docs/benchmarks.md).
 set -u
@@ -28,8 +28,8 @@ y = Float8MatmulLinear.convert(lin, torch.bfloat16)(x); y.backward(g)
 err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
 print(f"fp8-mm vs bf16: output rel. error {err(y, ref):.4f}, input-gradient rel. error {err(x.grad, gref):.4f}")
 PY
-python3 -m weightshop.bench.train_step --full-size --resolutions "${RESOLUTIONS:-1024}" --bases "${BASES:-bf16,fp8,fp8-mm}" \
-  --compile-at "${COMPILE_AT:-fp8-mm,fp8,bf16}" --steps 5 --warmup 2 --budget-s "${BUDGET_S:-330}" --out "$OUT/gpu_train.json" 2>"$OUT/gpu_train.err"
+python3 -m weightshop.bench.train_step --full-size --resolutions "${RESOLUTIONS:-512,1024}" --bases "${BASES:-bf16,fp8,fp8-mm,int8}" \
+  --compile-at "${COMPILE_AT:-fp8-mm,bf16}" --steps 5 --warmup 2 --budget-s "${BUDGET_S:-360}" --out "$OUT/gpu_train.json" 2>"$OUT/gpu_train.err"
 rc=$?
 grep -v -i "warn" "$OUT/gpu_train.err" | tail -20
 # the fastest configuration again, allowed only a 24 GB card's memory (what a 4090 leaves free: 23.5 GiB)
