@@ -12,6 +12,8 @@ OUT/results.jsonl; a recipe already there is skipped, so an interrupted sweep re
 A recipe is NAME or NAME:KEY=VALUE,KEY=VALUE (the `weightshop train --set` syntax). Takes about 5-6 minutes per
 recipe on a 2-core CPU. `--mirror` adds a left-right mirror of every clean image to the set before the curate
 stage checks it, its caption's "left" and "right" swapped (horizontal-flip augmentation done by hand).
+`--all-captions` gives every curated image one item per caption the world writes for its scene (its own and
+the seven templates', among them the one that names the other object first).
 """
 
 from __future__ import annotations
@@ -61,6 +63,29 @@ def mirrored_set(write_domain_set):
     return write
 
 
+def all_captions(curate: Path, concept: str) -> int:
+    """Rewrite curate/dataset.json so that every accepted image is one item per distinct caption of its scene."""
+    import copy
+
+    from weightshop.nano import world
+
+    manifest = json.loads((curate / "dataset.json").read_text())
+    scenes = json.loads((curate / f"{concept}.scenes.json").read_text())
+    items = []
+    for item in manifest["items"]:
+        spec = scenes.get(item["file"]) if item["verdict"] != "rejected" else None
+        if spec is None:
+            items.append(item)
+            continue
+        scene = world.Scene(tuple(world.ObjectSpec(**o) for o in spec["objects"]), spec["background"],
+                            position=spec["position"], relation=spec["relation"], seed=spec["seed"])
+        for text in dict.fromkeys([item["caption"], *world.captions(scene, spec["seed"])]):
+            items.append({**copy.deepcopy(item), "caption": text})
+    manifest["items"] = items
+    (curate / "dataset.json").write_text(json.dumps(manifest, indent=1))
+    return len(items)
+
+
 def judge(model, lora: Path, jobs, probe, strength: float = 1.0) -> dict:
     images = generate(model, GenerateRequest(prompts=[j.prompt for j in jobs], seeds=[0], batch_size=48,
                                              loras=[LoraRequest(lora, strength)]))
@@ -83,6 +108,7 @@ def main() -> None:
     parser.add_argument("--turbo", action="store_true", help="also judge on nano-Turbo at strength 1")
     parser.add_argument("--raw-strengths", default="1", help="Raw is judged at each of these strengths")
     parser.add_argument("--mirror", action="store_true", help="add left-right mirrored copies to the set")
+    parser.add_argument("--all-captions", action="store_true", help="each image once per caption of its scene")
     parser.add_argument("--family", type=Path, default=family.WEIGHTS, help="a packaged nano family (default: the committed one)")
     args = parser.parse_args()
     work, results = args.out, args.out / "results.jsonl"
@@ -96,6 +122,8 @@ def main() -> None:
 
             domain.write_domain_set = mirrored_set(domain.write_domain_set)
         demo._curate(Path(pair.raw.source.transformer), work, lambda *a: None, CONCEPT)
+        if args.all_captions:
+            all_captions(work / "curate", CONCEPT)
     probe = load_probe(probe_dir)
     jobs, _ = make_jobs(None, CONCEPT, (0,), demo.DEMO_JUDGE_PROMPTS)
     for recipe in args.recipes:
