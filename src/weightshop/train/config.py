@@ -75,7 +75,7 @@ class MemoryConfig(_Strict):
     autocast: Literal["none", "bf16"] = "none"
     base_dtype: Literal[BASE_DTYPES] = Field(
         "none", description="Store the frozen transformer blocks in fp8 (scaled, upcast per layer), fp8-mm (fp8 "
-                            "matmuls in the forward: Ada/Hopper GPUs), int8 (torchao) or nf4 (bitsandbytes, CUDA); "
+                            "matmuls in forward and backward: Ada/Hopper GPUs), int8 (torchao) or nf4 (bitsandbytes, CUDA); "
                             "the LoRA stays fp32.")
     compile: bool = Field(False, description="Regional torch.compile of the repeated transformer block.")
 
