@@ -68,6 +68,7 @@ def all_captions(curate: Path, concept: str) -> int:
     import copy
 
     from weightshop.nano import world
+    from weightshop.nano.pretrain import scene_from_json
 
     manifest = json.loads((curate / "dataset.json").read_text())
     scenes = json.loads((curate / f"{concept}.scenes.json").read_text())
@@ -77,9 +78,7 @@ def all_captions(curate: Path, concept: str) -> int:
         if spec is None:
             items.append(item)
             continue
-        scene = world.Scene(tuple(world.ObjectSpec(**o) for o in spec["objects"]), spec["background"],
-                            position=spec["position"], relation=spec["relation"], seed=spec["seed"])
-        for text in dict.fromkeys([item["caption"], *world.captions(scene, spec["seed"])]):
+        for text in dict.fromkeys([item["caption"], *world.captions(scene_from_json(spec), spec["seed"])]):
             items.append({**copy.deepcopy(item), "caption": text})
     manifest["items"] = items
     (curate / "dataset.json").write_text(json.dumps(manifest, indent=1))

@@ -36,6 +36,13 @@ def nano_config() -> dict:
     return {k: v for k, v in model.config.items() if not k.startswith("_")}
 
 
+def nano_text_tokens() -> int:
+    """krea2-nano's max_sequence_length, from its build recipe."""
+    from weightshop.nano.build import NanoRecipe
+
+    return NanoRecipe().text.max_sequence_length
+
+
 def measure(resolution: int, base: str, *, config: dict | None = None, device: str = "cuda", steps: int = 5,
             warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
             compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS,
@@ -105,12 +112,8 @@ def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "
     if device == "cpu":
         torch.set_num_threads(1)  # comparable across machines; threads fight on a shared 2-core box
     config = None if full_size else nano_config()
-    if not text_tokens and full_size:
-        text_tokens = TEXT_TOKENS
-    elif not text_tokens:
-        from weightshop.nano.build import NanoRecipe
-
-        text_tokens = NanoRecipe().text.max_sequence_length
+    if not text_tokens:  # the model's max_sequence_length: the worst case
+        text_tokens = TEXT_TOKENS if full_size else nano_text_tokens()
     sizes = [int(r) for r in resolutions.split(",")]
     names = [b for b in bases.split(",") if b]
     plan = [(r, b, False) for b in names for r in sizes] + [(sizes[-1], b, True) for b in compile_at.split(",") if b]
