@@ -12,6 +12,7 @@ demo: $(STAMP)
 	$(BIN)/weightshop demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP)

@@ -8,15 +8,14 @@ exactly where it stopped. Optimiser state is flattened to tensors so nothing is 
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from weightshop.io import atomic_write_json
+from weightshop.io import atomic_save_safetensors, atomic_write_json
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -66,9 +65,7 @@ def save_state(path: str | Path, modules: dict[str, torch.nn.Module], optimizer:
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = flatten_optimizer(optimizer)
         tensors.update(opt_tensors)
-    tmp = path.with_name(path.name + ".tmp.safetensors")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path.with_suffix(".safetensors"))
+    atomic_save_safetensors(path.with_suffix(".safetensors"), tensors)
     atomic_write_json(path.with_suffix(".json"), meta)
 
 

@@ -3,8 +3,8 @@
 Speed and memory do not depend on the weight values, so a full-size Krea 2 transformer with random weights
 (built on the meta device, materialised straight on the GPU in bf16) measures what the real 12.8 B
 checkpoint costs, with no download. The step is weightshop's, set up by `train.synthetic.trainer_step` (the
-one `weightshop plan` calibrates against): `flow_matching_loss` from the trainer, the frozen base stored by
-`train.memory.store_base`, peft LoRA on the resolved targets, AdamW, clipping.
+one `weightshop plan` calibrates against) from a `TrainConfig`: the trainer's own setup (`train.setup.prepare`)
+and step (`train.step.take_step`).
 
     python -m weightshop.bench.train_step --full-size --resolutions 512,1024 --bases bf16,fp8,int8
 """
@@ -20,48 +20,36 @@ import time
 
 import torch
 
-TEXT_TOKENS = 512  # Krea 2's max_sequence_length: the worst case, as `weightshop plan` assumes
+def bench_config(base: str, *, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
+                 compile: bool = False, batch_size: int = 1):
+    """The run config a benchmark row times: bf16 weights under bf16 autocast, the frozen base stored as `base`."""
+    from weightshop.train.config import load_config
 
-
-def nano_config() -> dict:
-    """krea2-nano's transformer config, from its build recipe (one source of truth)."""
-    from accelerate import init_empty_weights
-
-    from weightshop.nano.build import NanoRecipe
-    from weightshop.nano.pretrain import build_transformer
-
-    r = NanoRecipe()
-    with init_empty_weights():
-        model = build_transformer(r.vae.z_dim * 4, r.text.hidden, len(r.text.select_layers), r.transformer)
-    return {k: v for k, v in model.config.items() if not k.startswith("_")}
-
-
-def nano_text_tokens() -> int:
-    """krea2-nano's max_sequence_length, from its build recipe."""
-    from weightshop.nano.build import NanoRecipe
-
-    return NanoRecipe().text.max_sequence_length
+    return load_config(base={
+        "data": {"manifest": "(synthetic)"}, "model": {"dtype": "bf16"},
+        "lora": {"rank": rank, "targets": targets},
+        "schedule": {"batch_size": batch_size},
+        "memory": {"gradient_checkpointing": checkpointing, "autocast": "bf16",
+                   "base_dtype": "none" if base == "bf16" else base, "compile": compile}})
 
 
 def measure(resolution: int, base: str, *, config: dict | None = None, device: str = "cuda", steps: int = 5,
             warmup: int = 2, rank: int = 32, targets: str = "krea-default", checkpointing: bool = True,
-            compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = TEXT_TOKENS,
+            compile: bool = False, batch_size: int = 1, vae_scale: int = 8, text_tokens: int = 512,
             memory_cap_gib: float | None = None) -> dict:
     """One configuration: build, store the base, add the LoRA, time `steps` optimizer steps after `warmup`.
 
     `memory_cap_gib` (CUDA) lets the steps allocate no more than that, as on a smaller card: the check that a
     configuration fits, the caching allocator's slack included (the random weights are built before it applies)."""
     from weightshop.train.memory import weight_bytes
-    from weightshop.train.plan import RunSettings
     from weightshop.train.synthetic import trainer_step
 
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
-    settings = RunSettings(model_dtype="bf16", autocast="bf16", base_dtype="none" if base == "bf16" else base,
-                           checkpointing=checkpointing, compile=compile, rank=rank, targets=targets,
-                           batch_size=batch_size)
-    step = trainer_step(config, settings, resolution, device=device, vae_scale=vae_scale, text_tokens=text_tokens)
+    cfg = bench_config(base, rank=rank, targets=targets, checkpointing=checkpointing, compile=compile,
+                       batch_size=batch_size)
+    step = trainer_step(cfg, config, resolution, device=device, vae_scale=vae_scale, text_tokens=text_tokens)
     if cuda:  # the training peak, not the one-off cost of building random weights (nor the cache it left)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -111,9 +99,11 @@ def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(1)  # comparable across machines; threads fight on a shared 2-core box
-    config = None if full_size else nano_config()
-    if not text_tokens:  # the model's max_sequence_length: the worst case
-        text_tokens = TEXT_TOKENS if full_size else nano_text_tokens()
+    from weightshop.models.shape import full_size_shape, model_shape
+
+    shape = full_size_shape() if full_size else model_shape("krea2-nano")
+    config = None if full_size else shape.config
+    text_tokens = text_tokens or shape.max_sequence_length  # the model's max_sequence_length: the worst case
     sizes = [int(r) for r in resolutions.split(",")]
     names = [b for b in bases.split(",") if b]
     plan = [(r, b, False) for b in names for r in sizes] + [(sizes[-1], b, True) for b in compile_at.split(",") if b]
@@ -124,7 +114,7 @@ def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "
             continue
         try:
             row = measure(resolution, base, config=config, device=device, steps=steps, warmup=warmup,
-                          compile=compiled, vae_scale=8 if full_size else 4, text_tokens=text_tokens,
+                          compile=compiled, vae_scale=shape.vae_scale_factor, text_tokens=text_tokens,
                           memory_cap_gib=memory_cap_gib)
         except Exception as e:  # record and go on: one failing mode must not cost the others
             row = {"resolution": resolution, "base": base, "compile": compiled, "error": f"{type(e).__name__}: {e}"[:400]}
@@ -141,7 +131,7 @@ def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The GPU check's entry point (scripts/gpu_check.sh): no CLI dependencies beyond argparse."""
+    """The GPU check's entry point (experiments/gpu_check.sh): no CLI dependencies beyond argparse."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-size", action="store_true", help="Full Krea 2 (12.8 B); default: krea2-nano's shape")
     parser.add_argument("--resolutions", default="512,1024")

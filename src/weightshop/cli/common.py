@@ -22,22 +22,95 @@ console = Console(stderr=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.")
 
+# Every --device option: the default "auto" is resolved when the command runs (resolve_device), so --help
+# never imports torch to ask whether CUDA is there.
+DEVICE_CHOICES = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:1 ..."
+
+
+# Quiet defaults for the libraries, set before they are imported (so --help imports none of them); a value the
+# user already set wins. The diffusers / transformers verbosity variables, the Hub's progress bars (transformers'
+# follow them), and tqdm's own default (diffusers' "Loading checkpoint shards" bar has no switch of its own;
+# weightshop draws its progress with rich, never tqdm).
+QUIET_ENVIRONMENT = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+}
+
+# Import-time noise of the pinned torch 2.13 with torchao 0.18, printed before any command's own output:
+# torchao's optional C extensions built for other torch / CUDA builds ("Failed to load .../torchao/_C_mxfp8...so")
+# and torch's deprecation note on torchao registering its Enums as pytree constants. Only these messages are
+# dropped; every other record of these loggers (and all of weightshop's) still shows.
+IMPORT_NOISE = {
+    "torchao": ("Failed to load ",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported by torch.compile",),
+}
+
+
+class _DropMessages(logging.Filter):
+    """Drop a logger's records whose message contains one of `fragments`."""
+
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        return not any(fragment in message for fragment in self.fragments)
+
 
 def quiet_libraries() -> None:
-    """Silence the libraries' own progress bars and chatter; weightshop shows its own progress."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Silence the libraries' own progress bars, chatter and import noise; weightshop shows its own progress.
+
+    Imports none of them (the CLI calls this before --help, which must stay fast): environment variables and
+    logger filters that take effect when a command imports them. Libraries already imported are set directly.
+    """
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
-
-        for lib in (dlog, tlog):
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        lib = sys.modules.get(name)
+        if lib is not None:
             lib.set_verbosity_error()
             lib.disable_progress_bar()
-    except Exception:
-        pass
+    for name, fragments in IMPORT_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(fragments))
     logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def resolve_device(text: str | None, option: str = "--device") -> str:
+    """The torch device a command runs on: `auto` (the default) is cuda when available, else cpu.
+
+    Imports torch, so call it in the command's body, never for an option's default.
+    """
+    import torch
+
+    value = "auto" if text is None else str(text).strip().lower()
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise WeightshopError(f"{option} {text!r}: expected {DEVICE_CHOICES}") from None
+    if device.type == "meta":
+        raise WeightshopError(f"{option} {text!r}: the meta device holds no data; expected {DEVICE_CHOICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WeightshopError(f"{option} {text!r}: CUDA is not available here (torch {torch.__version__}); "
+                                  "use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise WeightshopError(f"{option} {text!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                  f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return str(device)
 
 
 def emit(result: dict, as_json: bool) -> None:

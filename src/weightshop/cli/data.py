@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
+from weightshop.cli.common import DEVICE_HELP, JSON_OPTION, console, emit, guarded, resolve_device, step_progress
 
 app = typer.Typer(help="Curate a training set: verdicts, fixes, duplicates, watermarks, captions, buckets.",
                   no_args_is_help=True)
@@ -150,19 +150,20 @@ def cache(
     out: Path = typer.Option(None, "--out", "-o", help="Cache directory (default: cache/ beside the manifest)."),
     dtype: str = typer.Option("bf16", help="Stored precision: bf16, fp16 or fp32."),
     batch_size: int = typer.Option(8, help="Images / captions per encoder call."),
-    device: str = typer.Option("cpu", help="cpu, cuda ..."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Encode latents and caption embeddings once (incremental; corrupt or stale files are rebuilt)."""
-    from weightshop.data import read_manifest
+    from weightshop.data.manifest import default_cache_dir, read_manifest
     from weightshop.data.cache import build_cache
     from weightshop.errors import WeightshopError
 
+    device = resolve_device(device)
     manifest = read_manifest(manifest_path)
     model = model or manifest.get("model")
     if not model:
         raise WeightshopError(f"{manifest_path} names no model: pass --model (the one you will train on)")
-    out = out or manifest_path.parent / "cache"
+    out = out or default_cache_dir(manifest_path)
     with step_progress("encode") as progress:
         report = build_cache(manifest, model, out, dtype=dtype, batch_size=batch_size, device=device,
                              progress=progress)

@@ -6,14 +6,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
+from weightshop.cli.common import DEVICE_HELP, JSON_OPTION, console, emit, guarded, resolve_device, step_progress
 from weightshop.errors import WeightshopError
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def read_prompt_file(path: Path) -> list[str]:
@@ -38,16 +32,16 @@ def generate(
     components: Path = typer.Option(None, help="Directory with vae/, text_encoder/, tokenizer/ for a single file."),
     width: int = typer.Option(None, help="Image width (multiple of VAE scale x 2; default: the model's)."),
     height: int = typer.Option(None, help="Image height (default: the model's)."),
-    steps: int = typer.Option(None, help="Override the preset's steps (Raw 52, Turbo 8)."),
-    guidance: float = typer.Option(None, help="Override the preset's guidance (Raw 3.5, Turbo 0; Krea convention)."),
-    mu: float = typer.Option(None, help="Pin the timestep shift mu (default: Raw resolution-aware, Turbo 1.15)."),
+    steps: int = typer.Option(None, help="Override the checkpoint preset's steps (`weightshop info` shows the preset)."),
+    guidance: float = typer.Option(None, help="Override the preset's guidance (Krea's convention: 0 turns it off)."),
+    mu: float = typer.Option(None, help="Pin the timestep shift mu (default: the preset's; Raw's depends on the size)."),
     seed: list[int] = typer.Option(None, "--seed", "-s", help="Seed (repeatable). Default 0."),
     count: int = typer.Option(1, help="Images per prompt: seeds seed, seed+1, ... (with one --seed)."),
     batch_size: int = typer.Option(1, help="Images per forward pass (speed/memory only; images depend on seed alone)."),
     lora: list[str] = typer.Option(None, "--lora", help="LoRA file, optionally PATH:STRENGTH (repeatable)."),
     out: Path = typer.Option(Path("weightshop-out/generate"), "--out", "-o", help="Output directory."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
-    device: str = typer.Option("cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1 ..."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     offload: str = typer.Option("none", help="none, model (CPU offload per model) or sequential."),
     release_text_encoder: bool = typer.Option(False, help="Free the text encoder after encoding the prompts."),
     as_json: bool = JSON_OPTION,
@@ -57,6 +51,8 @@ def generate(
     from weightshop.generate import generate as run
     from weightshop.lora import LoraRequest
     from weightshop.models.loading import load_model
+
+    device = resolve_device(device)
 
     prompts = list(prompt or []) + (read_prompt_file(prompt_file) if prompt_file else [])
     seeds = list(seed or [0])

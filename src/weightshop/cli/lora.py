@@ -17,14 +17,10 @@ FORMAT_HELP = "Output layout: diffusers, comfyui, kohya or aitoolkit."
 
 def _requests(specs: list[str], default: float | None = None):
     """LoraRequests from PATH[:STRENGTH] specs; `default` replaces 1.0 where no strength was written."""
-    import re
-
     from weightshop.lora import LoraRequest
 
-    requests = [LoraRequest.parse(s) for s in specs]
-    if default is None:
-        return requests
-    return [r if re.search(r":-?[\d.]+$", s) else LoraRequest(r.path, default) for s, r in zip(specs, requests)]
+    parsed = [LoraRequest.parse_spec(s) for s in specs]  # the one PATH[:STRENGTH] parser (bad strengths named)
+    return [r if default is None or written else LoraRequest(r.path, default) for r, written in parsed]
 
 
 @app.command("inspect")
@@ -35,12 +31,19 @@ def inspect(
     components: Path = typer.Option(None, help="Directory with vae/, text_encoder/, tokenizer/ for a single-file model."),
     modules: bool = typer.Option(False, "--modules", help="Also print the per-module table (rank, alpha, norm)."),
     plot: Path = typer.Option(None, "--plot", help="Write a PNG bar chart of per-block weight norms."),
+    allow_no_fit: bool = typer.Option(False, "--allow-no-fit",
+                                      help="Report a file that fits none of the models checked (a warning, exit 0) "
+                                           "instead of failing with exit status 2."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Layout, the model it fits, ranks and alphas, per-block weight norms, and warnings."""
+    """Layout, the model it fits, ranks and alphas, per-block weight norms, and warnings.
+
+    Exits with status 2 when the file fits none of the models checked (--model, or the known Krea 2 sizes),
+    so scripts can vet files by the exit status.
+    """
     from weightshop.lora.inspect import inspect_lora, plot_block_norms
 
-    report = inspect_lora(file, model, components)
+    report = inspect_lora(file, model, components, require_fit=not allow_no_fit)
     if plot:
         report["plot"] = str(plot_block_norms(report["blocks"], plot, f"{file.name}: ||B A|| * alpha/rank per block"))
     emit(report, as_json)
@@ -159,16 +162,29 @@ def resize(
     to: str = typer.Option(None, "--to", help=FORMAT_HELP + " Default: the source's."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Reduce a LoRA's rank by SVD; reports the kept energy (sum of kept singular values^2 / total)."""
+    """Reduce a LoRA's rank by SVD; reports each module's relative error ||delta - resized|| / ||delta||.
+
+    The error of a module is sqrt(dropped singular values^2 / all); the kept energy (kept singular
+    values^2 / all = 1 - error^2) is reported too.
+    """
     from weightshop.lora.ops import resize_file
 
     result = resize_file(file, out, rank, energy, to)
     emit(result, as_json)
     if not as_json:
+        table = Table(title="relative error ||delta - resized||_F / ||delta||_F per module")
+        for col in ("module", "rank", "error", "energy kept"):
+            table.add_column(col, justify="left" if col == "module" else "right")
+        for row in result["modules"]:
+            table.add_row(row["module"], f"{row['rank_before']} -> {row['rank_after']}", f"{row['relative_error']:.2e}",
+                          f"{row['energy_kept']:.4%}")
+        console.print(table)
         ranks = sorted({r["rank_after"] for r in result["modules"]})
-        worst = min(result["modules"], key=lambda r: r["energy_kept"])
-        console.print(f"{len(result['modules'])} modules -> ranks {ranks}; energy kept {result['energy_kept']:.4%} "
-                      f"overall, lowest {worst['energy_kept']:.4%} ({worst['module']}): [bold]{result['path']}[/]")
+        worst = max(result["modules"], key=lambda r: r["relative_error"])
+        console.print(f"{len(result['modules'])} modules -> ranks {ranks}; relative error max "
+                      f"{result['max_relative_error']:.2e} ({worst['module']}), mean {result['mean_relative_error']:.2e}; "
+                      f"energy kept {result['energy_kept']:.4%} overall: [bold]{result['path']}[/]", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("combine")

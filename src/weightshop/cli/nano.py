@@ -81,10 +81,10 @@ def seed(
     import json
 
     from weightshop.errors import WeightshopError
-    from weightshop.nano import family
+    from weightshop.models import builtin
     from weightshop.nano.build import Build, NanoRecipe
 
-    root = family_root or family.WEIGHTS
+    root = family_root or builtin.WEIGHTS
     try:
         previous = json.loads(record.read_text())
     except (OSError, ValueError) as err:
@@ -105,11 +105,11 @@ def seed(
 def verify(as_json: bool = JSON_OPTION) -> None:
     """Check the committed nano weights against their sha256 manifest."""
     from weightshop.errors import WeightshopError
-    from weightshop.nano import family
+    from weightshop.models import builtin
 
-    if not family.installed():
+    if not builtin.installed():
         raise WeightshopError("krea2-nano is not built yet: run `weightshop nano build`")
-    bad = family.verify()
+    bad = builtin.verify()
     emit({"ok": not bad, "problems": bad}, as_json)
     for line in bad:
         console.print(f"[red]{line}[/]")
@@ -127,14 +127,14 @@ def card(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Measure the packaged family (probe-judged quality, seconds per image) and rewrite its model card."""
-    import json
-
-    from weightshop.nano import family
+    from weightshop.models import builtin
     from weightshop.nano.build import NanoRecipe
     from weightshop.nano.card import write_card
 
-    root = root or family.WEIGHTS
-    record = json.loads((workdir / "build.json").read_text())
+    root = root or builtin.WEIGHTS
+    from weightshop.nano.card import read_build_record
+
+    record = read_build_record(workdir)  # a WeightshopError naming workdir when it holds no build record
     with step_progress("") as progress:
         result = write_card(root, record, NanoRecipe(), progress=lambda label, d, t, m: progress(label, d, t))
     emit(result, as_json)

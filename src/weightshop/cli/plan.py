@@ -43,8 +43,9 @@ def plan(
     """Predict the peak GPU memory of a training run, say whether it fits, and what to change if not."""
     from rich.table import Table
 
+    from weightshop.models.shape import full_size_shape, model_shape
     from weightshop.train import load_config
-    from weightshop.train.plan import RunSettings, full_size_shape, model_shape, parse_gpu
+    from weightshop.train.plan import parse_gpu
     from weightshop.train.plan import plan as make_plan
 
     gpu_bytes = parse_gpu(gpu) if gpu is not None else None
@@ -52,17 +53,18 @@ def plan(
     cfg = load_config(config, set_ or [], preset, base={"data": {"manifest": "(not needed to plan)"}})
     shape = full_size_shape() if full_size else model_shape(cfg.model.raw, cfg.model.components)
     height, width = _size(resolution, shape.default_size)
-    result = make_plan(RunSettings.from_config(cfg), shape, height, width, gpu_bytes)
+    result = make_plan(cfg, shape, height, width, gpu_bytes)
     emit(result.to_dict(), as_json)
     if as_json:
         return
 
     s = result.settings
-    console.print(f"[bold]{result.model}[/] at {height}x{width}, batch {s.batch_size}: {result.image_tokens} image + "
-                  f"{result.text_tokens} text tokens; base {s.model_dtype}"
-                  f"{'' if s.base_dtype == 'none' else ' with ' + s.base_dtype + ' blocks'}, autocast {s.autocast}, "
-                  f"checkpointing {'on' if s.checkpointing else 'off'}; LoRA rank {s.rank} on {result.lora_modules} "
-                  f"modules ({result.lora_parameters / 1e6:.1f} M params), {s.optimizer}{', EMA' if s.ema else ''}",
+    console.print(f"[bold]{result.model}[/] at {height}x{width}, batch {s['batch_size']}: {result.image_tokens} image + "
+                  f"{result.text_tokens} text tokens; base {s['model_dtype']}"
+                  f"{'' if s['base_dtype'] == 'none' else ' with ' + s['base_dtype'] + ' blocks'}, autocast "
+                  f"{s['autocast']}, checkpointing {'on' if s['checkpointing'] else 'off'}; "
+                  f"{'DoRA' if s['dora'] else 'LoRA'} rank {s['rank']} on {result.lora_modules} modules "
+                  f"({result.lora_parameters / 1e6:.1f} M params), {s['optimizer']}{', EMA' if s['ema'] else ''}",
                   highlight=False)
     unit, show = ("GiB", _gib) if result.allocated >= 2**30 else ("MiB", _mib)  # small models in MiB
     table = Table()

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import typer
 
-from weightshop.cli.common import JSON_OPTION, console, emit, guarded, step_progress
-from weightshop.transfer.sweep import DEFAULT_STRENGTHS, DEFAULT_TOLERANCE_POINTS
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+from weightshop.cli.common import DEVICE_HELP, JSON_OPTION, console, emit, guarded, resolve_device, step_progress
+from weightshop.transfer.sweep import DEFAULT_STRENGTHS, DEFAULT_TOLERANCE_POINTS  # pure arithmetic: no torch
 
 
 @guarded
@@ -32,7 +26,7 @@ def transfer(
     out: Path = typer.Option(None, "--out", "-o", help="Report folder (default: transfer/ beside the LoRA)."),
     batch_size: int = typer.Option(1, help="Images per forward pass (speed/memory only)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
-    device: str = typer.Option("cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1 ..."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     no_comfyui: bool = typer.Option(False, "--no-comfyui", help="Skip the ComfyUI workflow and LoRA export."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -42,6 +36,7 @@ def transfer(
     from weightshop.transfer.sweep import parse_seeds, parse_strengths
 
     sweep, seed_list = parse_strengths(strengths), parse_seeds(seeds)
+    device = resolve_device(device)
     prompt_list = read_prompt_file(prompts) if prompts else None
     out = out or lora.parent / "transfer"
     with step_progress("render") as progress:

@@ -16,9 +16,11 @@ from typing import NamedTuple
 from PIL import Image
 
 from weightshop.errors import WeightshopError
+from weightshop.models.spec import KREA2
 
 
-def bucket_sizes(target_area: int = 1024 * 1024, multiple: int = 16, max_aspect: float = 4.0) -> list[tuple[int, int]]:
+def bucket_sizes(target_area: int = KREA2.default_size ** 2, multiple: int = KREA2.size_multiple(),
+                 max_aspect: float = 4.0) -> list[tuple[int, int]]:
     """All maximal (w, h) multiple-aligned sizes with w*h <= target_area and aspect within max_aspect.
 
     For each width the tallest aligned height under the area is taken, and kept only if no wider aligned

@@ -29,7 +29,7 @@ from weightshop.data.buckets import ResizePolicy, resize_and_crop
 from weightshop.data.images import load_image
 from weightshop.data.manifest import manifest_hash, usable_items
 from weightshop.errors import WeightshopError
-from weightshop.io import atomic_write_json, cached_sha256, sha256_bytes, sha256_file
+from weightshop.io import atomic_save_safetensors, atomic_write_json, cached_sha256, sha256_bytes, sha256_file
 
 INDEX = "index.json"
 CACHE_VERSION = 1
@@ -60,7 +60,7 @@ class Encoders:
 
         source = resolve_source(model)
         comp = source.components
-        max_len = max_sequence_length or int(source.manifest.get("max_sequence_length", 512))
+        max_len = max_sequence_length or source.max_sequence_length
         layers = text_encoder_select_layers(comp)
         text_id = sha256_bytes(f"{_dir_identity(comp / 'text_encoder')}|{_dir_identity(comp / 'tokenizer')}|"
                                f"{layers}".encode())[:32]
@@ -95,14 +95,8 @@ def _valid(cache_dir: Path, index: dict, key: str) -> bool:
 
 
 def _save(cache_dir: Path, index: dict, key: str, kind: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
-
     rel = f"{kind}/{key}.safetensors"
-    path = cache_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    tmp.replace(path)
+    path = atomic_save_safetensors(cache_dir / rel, tensors, {k: str(v) for k, v in meta.items()})
     index["entries"][key] = {"file": rel, "kind": kind, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                              **meta}
 

@@ -12,9 +12,11 @@ from statistics import mean, median
 
 from weightshop.data.manifest import recount, refresh_verdict
 from weightshop.errors import WeightshopError
+from weightshop.models.spec import KREA2
+from weightshop.models.tokenizer import SUFFIX_TOKENS
 
 # Krea 2 encodes at most max_sequence_length = 512 prompt tokens, 5 of which are its template suffix.
-KREA2_CAPTION_TOKENS = 512 - 5
+KREA2_CAPTION_TOKENS = KREA2.max_sequence_length - SUFFIX_TOKENS  # what the prompt template leaves a caption
 TRIGGER_MODES = ("prefix", "suffix", "template")
 # Reasons the caption checks produce; edits remove and re-derive exactly these.
 CAPTION_CHECKS = ("caption missing", "caption empty", "caption too long", "caption lacks the trigger")

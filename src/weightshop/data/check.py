@@ -33,11 +33,12 @@ from weightshop.data.images import DEFAULT_MAX_PIXELS, ImageRejected, load_image
 from weightshop.data.manifest import MANIFEST_VERSION, manifest_hash, new_item, recount, write_manifest
 from weightshop.data.sources import read_source
 from weightshop.io import sha256_file
+from weightshop.models.spec import KREA2
 
 __all__ = ["check_dataset", "write_manifest", "manifest_hash"]
 
 
-def check_dataset(source, *, target_area: int = 1024 * 1024, multiple: int = 16, trigger: str | None = None,
+def check_dataset(source, *, target_area: int = KREA2.default_size ** 2, multiple: int = KREA2.size_multiple(), trigger: str | None = None,
                   tokenizer=None, max_caption_tokens: int = KREA2_CAPTION_TOKENS, near_duplicate_threshold: int = 6,
                   ocr: bool | Callable = True, min_side: int | None = None, max_aspect: float = 4.0,
                   progress: Callable[[int, int, str], None] | None = None,

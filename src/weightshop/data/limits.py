@@ -11,9 +11,11 @@ def model_limits(model: str | None) -> dict:
     Without a model: Krea 2's (multiple 16, 1024 x 1024, 507 caption tokens, words counted approximately).
     """
     from weightshop.data import KREA2_CAPTION_TOKENS
+    from weightshop.models.spec import KREA2
 
     if model is None:
-        return {"multiple": 16, "area": 1024 * 1024, "max_tokens": KREA2_CAPTION_TOKENS, "tokenizer": None}
+        return {"multiple": KREA2.size_multiple(), "area": KREA2.default_size ** 2, "max_tokens": KREA2_CAPTION_TOKENS,
+                "tokenizer": None}
     from transformers import AutoTokenizer
 
     from weightshop.models.info import describe
@@ -21,6 +23,6 @@ def model_limits(model: str | None) -> dict:
 
     info = describe(model)
     side = info["default_size"]
-    max_len = int(info["manifest"].get("max_sequence_length", 512))
-    return {"multiple": info["size_multiple"], "area": side * side, "max_tokens": max_len - SUFFIX_TOKENS,
+    return {"multiple": info["size_multiple"], "area": side * side,
+            "max_tokens": info["max_sequence_length"] - SUFFIX_TOKENS,
             "tokenizer": AutoTokenizer.from_pretrained(Path(info["components"]) / "tokenizer")}

@@ -71,6 +71,11 @@ def write_manifest(manifest: dict, path: str | Path) -> Path:
     return atomic_write_json(path, manifest)
 
 
+def default_cache_dir(manifest_path: str | Path) -> Path:
+    """Where `weightshop data cache` writes, and training reads, a set's cache unless told: cache/ beside the manifest."""
+    return Path(manifest_path).parent / "cache"
+
+
 def read_manifest(path: str | Path) -> dict:
     """Load and validate a dataset.json (or the dataset.json inside a folder)."""
     path = Path(path)

@@ -77,10 +77,6 @@ def phash_hex(image: Image.Image) -> str | None:
     return str(imagehash.phash(image))
 
 
-def hamming(a: str, b: str) -> int:
-    return int(bin(int(a, 16) ^ int(b, 16)).count("1"))
-
-
 OcrBackend = Callable[[Image.Image], list[dict]]
 
 

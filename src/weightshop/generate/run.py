@@ -43,6 +43,22 @@ class GenerateRequest:
             raise WeightshopError("give at least one seed")
         if self.batch_size < 1:
             raise WeightshopError(f"batch size must be >= 1, got {self.batch_size}")
+        self.check_loras()
+
+    def check_loras(self) -> None:
+        """Each LoRA file exists, is a complete safetensors file (never a pickle) and holds LoRA tensors.
+
+        Header reads only, so a bad file fails in a moment, before the model is loaded (call validate()
+        first, as the CLI does); the full per-module check comes when the LoRAs are applied.
+        """
+        import math
+
+        from weightshop.lora.files import check_lora_file
+
+        for lora in self.loras:
+            if not math.isfinite(lora.strength):
+                raise WeightshopError(f"LoRA {lora.path}: strength {lora.strength} is not a finite number")
+            check_lora_file(lora.path)
 
 
 @dataclass

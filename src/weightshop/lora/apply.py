@@ -31,12 +31,38 @@ class LoraRequest:
 
     @classmethod
     def parse(cls, text: str) -> "LoraRequest":
-        """`path` or `path:strength` (the form the CLI takes)."""
-        path, _, strength = text.rpartition(":") if re.search(r":-?[\d.]+$", text) else (text, "", "")
+        """`PATH[:STRENGTH]` (the form the CLI takes), STRENGTH a number; 1.0 when none is written.
+
+        The text after the last ':' is the strength when it is a number. Otherwise the whole text is the
+        path when that file exists or the part after ':' looks like a path (a separator or a file
+        extension: `C:\\loras\\a.safetensors`, `F:a.safetensors`); anything else (`F:abc`, `a.safetensors:x`)
+        is a bad strength, named as such.
+        """
+        return cls.parse_spec(text)[0]
+
+    @classmethod
+    def parse_spec(cls, text: str) -> tuple["LoraRequest", bool]:
+        """(request, whether a strength was written)."""
+        import math
+
+        head, sep, tail = text.rpartition(":")
+        if not sep:
+            return cls(Path(text)), False
         try:
-            return cls(Path(path), float(strength) if strength else 1.0)
+            strength = float(tail)
         except ValueError:
-            raise WeightshopError(f"bad LoRA strength in {text!r}: expected PATH or PATH:STRENGTH, e.g. style.safetensors:0.8") from None
+            strength = None
+        if strength is not None and not (Path(text).is_file() and not Path(head).exists()):
+            if not math.isfinite(strength):
+                raise WeightshopError(f"bad LoRA strength {tail!r} in {text!r}: STRENGTH must be a finite number")
+            if not head:
+                raise WeightshopError(f"no LoRA file before the strength in {text!r}: expected PATH[:STRENGTH]")
+            return cls(Path(head), strength), True
+        if strength is not None or Path(text).exists() or re.search(r"[/\\]|\.[A-Za-z]\w*$", tail):
+            return cls(Path(text)), False
+        raise WeightshopError(f"bad LoRA strength {tail!r} in {text!r}: expected PATH[:STRENGTH] with STRENGTH a "
+                              "number, e.g. style.safetensors:0.8 (and no file named "
+                              f"{text!r} exists)")
 
 
 @dataclass(frozen=True)

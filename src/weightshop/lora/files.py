@@ -50,8 +50,23 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def check_lora_file(path: str | Path) -> str:
+    """Check a LoRA file from its header alone, before anything heavy is loaded; returns its layout.
+
+    It must exist, be a complete safetensors file (not a pickle, not truncated) and hold LoRA tensors
+    (lora_A/lora_B or lora_down/lora_up). No tensor is read: the full read and the per-module checks come
+    when it is applied (`read_lora_file`, `formats.to_canonical`).
+    """
+    return _read(path, tensors=False)[0]
+
+
 def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a LoRA safetensors file, with clear errors for anything else."""
+    return _read(path, tensors=True)[1:]
+
+
+def _read(path: str | Path, tensors: bool) -> tuple[str | None, dict[str, torch.Tensor], dict[str, str]]:
+    """(layout, tensors, metadata): every check up to the header, then the tensors when asked."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -64,9 +79,17 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise WeightshopError(f"LoRA file {path} {problem}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            keys, metadata = list(f.keys()), dict(f.metadata() or {})
+            if tensors:
+                return None, {k: f.get_tensor(k) for k in keys}, metadata
     except Exception as e:
         raise WeightshopError(f"LoRA file {path} is not a readable safetensors file ({e}); is it truncated?") from None
+    from weightshop.lora.formats import detect_format, no_lora_tensors
+
+    layout = detect_format(keys, metadata)
+    if layout is None:  # the same error to_canonical gives once the tensors are read
+        raise no_lora_tensors(path, keys)
+    return layout, {}, metadata
 
 
 def write_lora_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

@@ -279,8 +279,18 @@ def _declared_folded(metadata: dict) -> bool:
         return False
 
 
-def _describe(keys: list[str]) -> str:
+def describe_keys(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def no_lora_tensors(source, keys) -> WeightshopError:
+    """The error for a file with no LoRA tensor, saying what it is instead when its keys tell (a full checkpoint)."""
+    from weightshop.models.keys import is_diffusers_layout, is_original_layout
+
+    what = " it is a full Krea 2 transformer checkpoint, not a LoRA;" if (
+        is_original_layout(keys) or is_diffusers_layout(keys)) else ""
+    return WeightshopError(f"LoRA file {source} has no LoRA tensors (lora_A/lora_B or lora_down/lora_up);{what} "
+                           f"its keys: {describe_keys(sorted(keys)) or 'none'}")
 
 
 def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
@@ -290,15 +300,10 @@ def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
     strict=False records keys that name no Krea 2 module in `.unmatched` and keys holding NaN/inf in
     `.nonfinite` instead of refusing the file (for inspection); every other problem is an error either way.
     """
-    from weightshop.models.keys import is_diffusers_layout, is_original_layout
-
     source, metadata = str(source), dict(metadata or {})
     fmt = detect_format(tensors, metadata)
     if fmt is None:
-        what = " it is a full Krea 2 transformer checkpoint, not a LoRA;" if (
-            is_original_layout(tensors) or is_diffusers_layout(tensors)) else ""
-        raise WeightshopError(f"LoRA file {source} has no LoRA tensors (lora_A/lora_B or lora_down/lora_up);{what} "
-                              f"its keys: {_describe(sorted(tensors)) or 'none'}")
+        raise no_lora_tensors(source, tensors)
     for marker, family in _UNSUPPORTED.items():
         hits = [k for k in tensors if marker in k]
         if hits:
@@ -319,7 +324,7 @@ def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
     if unmatched and strict:
         raise WeightshopError(
             f"LoRA file {source} does not fit a Krea 2 transformer: {len(unmatched)} of its {len(tensors)} keys "
-            f"name no Krea 2 Linear layer (e.g. {_describe(sorted(unmatched))}); expected keys such as "
+            f"name no Krea 2 Linear layer (e.g. {describe_keys(sorted(unmatched))}); expected keys such as "
             "transformer.transformer_blocks.0.attn.to_q.lora_A.weight or lora_unet_blocks_0_attn_wq.lora_down.weight"
         )
     config = _adapter_config(metadata, source)
@@ -368,7 +373,7 @@ def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
         modules[module] = LoraModule(down, up, alpha, magnitude)
     if not modules:
         raise WeightshopError(f"LoRA file {source} has no LoRA tensors for any Krea 2 module "
-                              f"(its keys: {_describe(sorted(tensors))})")
+                              f"(its keys: {describe_keys(sorted(tensors))})")
     dora = [name for name, m in modules.items() if m.is_dora]
     if dora and len(dora) != len(modules):
         plain = sorted(set(modules) - set(dora))
@@ -380,6 +385,15 @@ def to_canonical(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
                               "vectors (lora_magnitude_vector or dora_scale keys): the file is incomplete")
     carried = {k: v for k, v in metadata.items() if k not in FORMAT_SPECIFIC_METADATA}
     return CanonicalLora(modules, carried, fmt, source, unmatched, dict(alpha_from), nonfinite)
+
+
+def from_peft_state(state: dict[str, torch.Tensor], alpha: float, metadata: dict[str, str] | None = None,
+                    source: str = "<peft adapter>") -> CanonicalLora:
+    """A peft adapter's state dict (get_peft_model_state_dict names, with or without `base_model.model.`) trained
+    with one `alpha`, as a CanonicalLora carrying `metadata` (how the trainer's LoRA reaches the one writer)."""
+    tensors = {f"transformer.{k.removeprefix('base_model.model.')}": v for k, v in state.items()}
+    return to_canonical(tensors, {**(metadata or {}), ADAPTER_METADATA: json.dumps({"lora_alpha": float(alpha)})},
+                        source=source)
 
 
 def load_canonical(path: str | Path, strict: bool = True) -> CanonicalLora:

@@ -90,7 +90,7 @@ def config_linear_shapes(name: str) -> dict[str, tuple[int, int]]:
 
             model = tiny_transformer()
         else:
-            from weightshop.nano.family import model_dir
+            from weightshop.models.builtin import model_dir
 
             config = Krea2Transformer2DModel.load_config(model_dir(name), subfolder="transformer")
             model = Krea2Transformer2DModel.from_config(config)
@@ -98,7 +98,7 @@ def config_linear_shapes(name: str) -> dict[str, tuple[int, int]]:
 
 
 def known_models() -> list[str]:
-    from weightshop.nano.family import installed
+    from weightshop.models.builtin import installed
 
     return ["krea2", *(["krea2-nano"] if installed() else []), "krea2-tiny"]
 
@@ -123,6 +123,7 @@ def candidate_shapes(model: str | Path | None = None, components: str | Path | N
 
 
 _DIFFUSERS_PREFIXES = ("transformer.", "diffusion_model.", "base_model.model.")
+AITOOLKIT_PREFIX = "base_model.model."  # diffusers converts it; ComfyUI's key rules match none of its keys
 
 
 def diffusers_loads(keys: list[str], canon: CanonicalLora) -> bool:
@@ -150,20 +151,45 @@ def _warnings(canon: CanonicalLora, keys: list[str], fits: list[dict]) -> list[s
                    "read it, ComfyUI ignores metadata and applies this file at rank / alpha times the strength; "
                    "`weightshop lora convert --to comfyui` folds alpha into lora_B")
     if not diffusers_loads(keys, canon):
-        out.append("diffusers' load_lora_weights cannot apply this file as is (lora_unet_ / model.diffusion_model. / "
-                   "bare names load as a silent no-op; lora_down/lora_up and .alpha keys raise): weightshop converts "
-                   "it; for diffusers itself use `weightshop lora convert --to diffusers`")
+        out.append("diffusers' load_lora_weights cannot apply this file as is (diffusers 0.42.1 loads kohya lora_unet_ / "
+                   "lora_transformer_ keys, model.diffusion_model. and bare names as a silent no-op: 0 modules and a "
+                   "warning; it raises on .alpha or lora_down/lora_up keys under diffusion_model. / base_model.model.): "
+                   "weightshop converts it; for diffusers itself use `weightshop lora convert --to diffusers`")
+    if any(k.startswith(AITOOLKIT_PREFIX) for k in keys):
+        src = Path(canon.source)
+        dst = src.with_name(src.stem + "-comfyui.safetensors")
+        out.append(f"ComfyUI loads nothing from this file: its keys carry ai-toolkit's {AITOOLKIT_PREFIX} prefix, "
+                   "which none of ComfyUI's LoRA key rules match (ComfyUI logs each key as not loaded and renders the "
+                   f"base model); `weightshop lora convert {src} --to comfyui -o {dst}` writes it with ComfyUI's "
+                   "diffusion_model. names")
     if dora_modules(canon):
         out.append("DoRA: at strength 1 diffusers, ComfyUI and weightshop apply the same weights; at other strengths "
                    "diffusers/weightshop scale the change inside DoRA's row norm while ComfyUI interpolates between the "
                    "base and the strength-1 weights, so a strength sweep differs between them")
-    if fits and not any(f["fits"] for f in fits):
+    if fits and not any(f["fits"] for f in fits):  # reported only with require_fit=False (--allow-no-fit)
         out.append("fits none of the models checked (" + ", ".join(f["model"] for f in fits) + ")")
     return out
 
 
-def inspect_lora(path: str | Path, model: str | Path | None = None, components: str | Path | None = None) -> dict:
-    """A JSON-ready description of a LoRA file (see the module docstring)."""
+def no_fit_error(path: str | Path, fits: list[dict], modules: int) -> WeightshopError:
+    """The error for a LoRA that fits none of the models it was compared against (one line)."""
+    from weightshop.errors import WeightshopError
+
+    closest = min(fits, key=lambda f: f["problems"])
+    against = ", ".join(f"{f['model']} ({f['problems']} of {modules} modules do not fit)" for f in fits)
+    return WeightshopError(
+        f"LoRA file {path} fits none of the models it was compared against: {against}; e.g. against "
+        f"{closest['model']}: {closest['first_problem']}. Check it against the model it was made for with --model "
+        "(a diffusers directory, a .safetensors file or a built-in name), or pass --allow-no-fit to report it anyway")
+
+
+def inspect_lora(path: str | Path, model: str | Path | None = None, components: str | Path | None = None,
+                 require_fit: bool = True) -> dict:
+    """A JSON-ready description of a LoRA file (see the module docstring).
+
+    A file that fits none of the models checked (`model`, or the known Krea 2 sizes) is an error, so a
+    script can vet files by the exit status; require_fit=False reports it with a warning instead.
+    """
     from weightshop.io import cached_sha256
     from weightshop.lora.files import read_lora_file
 
@@ -180,6 +206,8 @@ def inspect_lora(path: str | Path, model: str | Path | None = None, components: 
         problems = fit_problems(canon, shapes)
         fits.append({"model": name, "fits": not problems, "problems": len(problems), "first_problem":
                      problems[0] if problems else None})
+    if require_fit and not any(f["fits"] for f in fits):
+        raise no_fit_error(path, fits, len(canon.modules))
     ranks = collections.Counter(m["rank"] for m in modules)
     alphas = collections.Counter(m["alpha"] for m in modules)
     return {

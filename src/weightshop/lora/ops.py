@@ -2,15 +2,17 @@
 
 - combine: several LoRAs with weights into one by concatenating along the rank (exact: the deltas add).
   DoRA files are refused: their change renormalises each row, so two of them do not add.
-- resize: a lower rank by SVD of each module's delta; the kept energy (sum of kept singular values^2 /
-  total) is reported per module and overall; a DoRA keeps its magnitude vectors (the direction is resized).
+- resize: a lower rank by SVD of each module's delta; each module's relative error ||delta - resized||_F /
+  ||delta||_F (= sqrt(dropped singular values^2 / all), the measure extract reports) is given per module,
+  with its max and mean, next to the kept energy (kept singular values^2 / all); a DoRA keeps its
+  magnitude vectors (the direction is resized).
   The SVD of up @ down comes from two thin QRs and an r x r SVD, so it is exact and cheap even for
   full-size modules.
 - extract: SVD of (fine-tuned - base) per Linear into a LoRA of a given rank, with each module's relative
   reconstruction error ||diff - up @ down||_F / ||diff||_F.
 - merge: base weight + strength * delta (DoRA: rows renormalised, as peft applies it), accumulated in
-  float32 and stored in the base's dtype, written as a diffusers directory (other components hard-linked
-  or copied) or the official single file.
+  float32 and stored in the base's dtype, written as a diffusers directory (the other components' weight
+  files hard-linked or copied, their configs and tokenizer files copied) or the official single file.
 All outputs are safetensors written atomically; metadata is carried over with a record of the operation.
 """
 
@@ -98,7 +100,13 @@ def kept_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> int:
 
 
 def resize(canon: CanonicalLora, rank: int | None = None, energy: float | None = None) -> tuple[CanonicalLora, dict]:
-    """Each module reduced to `rank` (or the smallest rank keeping `energy` of it); report of kept energy."""
+    """Each module reduced to `rank` (or the smallest rank keeping `energy` of it), and a report.
+
+    Per module: `relative_error` = ||delta - resized||_F / ||delta||_F, which is sqrt(sum of the dropped
+    singular values^2 / sum of all) by Eckart-Young, and `energy_kept` = sum of the kept singular values^2 /
+    sum of all (so relative_error^2 = 1 - energy_kept); overall: `max_relative_error`,
+    `mean_relative_error` and `energy_kept` over all modules.
+    """
     if rank is None and energy is None:
         raise WeightshopError("resize needs --rank R or --energy E (0 < E <= 1)")
     if rank is not None and rank < 1:
@@ -110,15 +118,19 @@ def resize(canon: CanonicalLora, rank: int | None = None, energy: float | None =
     for name, module in canon.modules.items():
         u, s, vh = product_svd(module)
         k = kept_rank(s, rank, energy)
-        kept, total = float((s[:k] ** 2).sum()), float((s ** 2).sum())
+        kept, dropped, total = float((s[:k] ** 2).sum()), float((s[k:] ** 2).sum()), float((s ** 2).sum())
         # A module already within the target keeps its own tensors (bit for bit); the rest are refactored.
         modules[name] = (module if k >= module.rank
                          else dataclasses.replace(_factor(u, s, vh, k, module.up.dtype), magnitude=module.magnitude))
         k = modules[name].rank
         kept_total, all_total = kept_total + kept, all_total + total
         rows.append({"module": name, "rank_before": module.rank, "rank_after": k,
+                     "relative_error": (dropped / total) ** 0.5 if total > 0 else 0.0,
                      "energy_kept": kept / total if total > 0 else 1.0})
-    report = {"modules": rows, "energy_kept": kept_total / all_total if all_total > 0 else 1.0,
+    errors = [r["relative_error"] for r in rows]
+    report = {"modules": rows, "max_relative_error": max(errors, default=0.0),
+              "mean_relative_error": sum(errors) / len(errors) if errors else 0.0,
+              "energy_kept": kept_total / all_total if all_total > 0 else 1.0,
               "rank": rank, "energy_target": energy}
     return CanonicalLora(modules, dict(canon.metadata), canon.format, canon.source), report
 
@@ -184,7 +196,8 @@ def resize_file(src: str | Path, dst: str | Path, rank: int | None = None, energ
     canon = load_canonical(src)
     out, report = resize(canon, rank, energy)
     out.metadata = _record(out.metadata, {"op": "resize", "source_sha256": cached_sha256(src), "rank": rank,
-                                          "energy_target": energy, "energy_kept": report["energy_kept"]})
+                                          "energy_target": energy, "energy_kept": report["energy_kept"],
+                                          "max_relative_error": report["max_relative_error"]})
     path = save_canonical(out, dst, _fmt(to, canon))
     return {"path": str(path), "format": _fmt(to, canon), **report}
 
@@ -243,8 +256,13 @@ def extract_file(tuned: str | Path, base: str | Path, dst: str | Path, rank: int
             "not_representable": other}
 
 
+LINKED_SUFFIXES = (".safetensors",)  # large weight files, never edited in place: shared with the base
+
+
 def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
-    """Hard-link (copy across devices) everything under src into dst, except top-level names in skip."""
+    """Everything under src into dst, except top-level names in skip: weight files (.safetensors)
+    hard-linked (copied across devices), every other file (configs, tokenizer files) copied, so editing
+    the new directory's model_index.json or config.json never edits the base's."""
     for item in sorted(src.iterdir()):
         if item.name in skip:
             continue
@@ -256,50 +274,51 @@ def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
 
 
 def _link_or_copy(src, dst) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    """Hard-link a weight file (copy when linking fails); copy anything else."""
+    if str(src).endswith(LINKED_SUFFIXES):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 def _write_pipeline_dir(tmp: Path, pipeline_dir: Path, source, weights, merged: Callable) -> None:
     """A diffusers directory at tmp: merged transformer shards, everything else linked from pipeline_dir."""
-    from safetensors.torch import save_file
-
-    from weightshop.io import atomic_write_json
-    from weightshop.models.loading import MANIFEST, _read_json, infer_transformer_config
+    from weightshop.io import atomic_save_safetensors, atomic_write_json, read_json
+    from weightshop.models.loading import MODEL_DEFAULTS, infer_transformer_config
 
     (tmp / "transformer").mkdir(parents=True)
-    _link_tree(pipeline_dir, tmp, skip={"transformer", MANIFEST, "raw.safetensors", "turbo.safetensors"})
+    _link_tree(pipeline_dir, tmp, skip={"transformer", MODEL_DEFAULTS, "raw.safetensors", "turbo.safetensors"})
     if source.kind == "diffusers":  # same shards, same names: the index file stays valid
         _link_tree(source.transformer / "transformer", tmp / "transformer", skip={f.name for f in weights.files})
         for file in weights.files:
-            save_file({k: v.contiguous() for k, v in merged(file).items()}, str(tmp / "transformer" / file.name),
-                      metadata={"format": "pt"})
+            atomic_save_safetensors(tmp / "transformer" / file.name, merged(file), {"format": "pt"})
         return
     state = merged(weights.files[0])
-    config = _read_json(source.components / "transformer" / "config.json") or {
+    config = read_json(source.components / "transformer" / "config.json") or {
         "_class_name": "Krea2Transformer2DModel",
         **infer_transformer_config({k: tuple(v.shape) for k, v in state.items()})}
     atomic_write_json(tmp / "transformer" / "config.json", config)
-    save_file({k: v.contiguous() for k, v in state.items()},
-              str(tmp / "transformer" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    atomic_save_safetensors(tmp / "transformer" / "diffusion_pytorch_model.safetensors", state, {"format": "pt"})
 
 
 def merge_file(loras: Sequence, model: str | Path, out: str | Path, layout: str = "diffusers",
                components: str | Path | None = None, checkpoint: str | None = None) -> dict:
     """Fuse LoRAs (LoraRequest: path and strength) into a model and save a full checkpoint.
 
-    layout "diffusers": a complete pipeline directory at `out` (transformer/ rewritten, the rest
-    hard-linked or copied from the source); "single-file": the transformer alone in the official key
-    layout at `out` (a .safetensors path), loadable with --components.
+    layout "diffusers": a complete pipeline directory at `out` (transformer/ rewritten; the rest from the
+    source, .safetensors weights hard-linked where possible and every other file copied, so the new
+    directory's configs can be edited without touching the base's); "single-file": the transformer alone
+    in the official key layout at `out` (a .safetensors path), loadable with --components.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from weightshop.io import atomic_write_json, cached_sha256
+    from weightshop.io import atomic_save_safetensors, atomic_write_json, cached_sha256, read_json
     from weightshop.lora.weights import TransformerWeights
     from weightshop.models.keys import diffusers_to_original, original_to_diffusers
-    from weightshop.models.loading import MANIFEST, _read_json
+    from weightshop.models.loading import MODEL_DEFAULTS
 
     if layout not in ("diffusers", "single-file"):
         raise WeightshopError(f"unknown layout {layout!r}: expected diffusers or single-file")
@@ -344,15 +363,7 @@ def merge_file(loras: Sequence, model: str | Path, out: str | Path, layout: str 
         for file in weights.files:
             state.update(merged(file))
         check_all_merged()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        try:
-            save_file({k: v.contiguous() for k, v in diffusers_to_original(state).items()}, str(tmp),
-                      metadata={"weightshop_merge": json.dumps(record)})
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_save_safetensors(out, diffusers_to_original(state), {"weightshop_merge": json.dumps(record)})
         return {"path": str(out), "layout": layout, **record}
 
     pipeline_dir = source.transformer if source.kind == "diffusers" else source.components
@@ -364,10 +375,10 @@ def merge_file(loras: Sequence, model: str | Path, out: str | Path, layout: str 
     try:
         _write_pipeline_dir(tmp, pipeline_dir, source, weights, merged)
         check_all_merged()
-        manifest = _read_json(pipeline_dir / MANIFEST) or {}
-        manifest = {**manifest, "checkpoint": source.checkpoint,
-                    "name": f"{manifest.get('name') or source.model_id}+merged", "merged": record}
-        atomic_write_json(tmp / MANIFEST, manifest)
+        defaults = read_json(pipeline_dir / MODEL_DEFAULTS)
+        defaults = {**defaults, "checkpoint": source.checkpoint,
+                    "name": f"{defaults.get('name') or source.model_id}+merged", "merged": record}
+        atomic_write_json(tmp / MODEL_DEFAULTS, defaults)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

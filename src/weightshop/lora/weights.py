@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from weightshop.models.keys import is_original_layout, original_to_diffusers_key
-from weightshop.models.loading import ModelSource, _open_safetensors_keys, resolve_source, transformer_files
+from weightshop.io import safetensors_shapes
+from weightshop.models.loading import ModelSource, resolve_source
+from weightshop.models.shape import weight_files
 
 
 class TransformerWeights:
@@ -21,12 +23,12 @@ class TransformerWeights:
 
     def __init__(self, model: str | Path, components: str | Path | None = None, checkpoint: str | None = None):
         self.source: ModelSource = resolve_source(model, components, checkpoint)
-        self.files = transformer_files(self.source)
+        self.files = weight_files(self.source)
         self.original = False
         self._where: dict[str, tuple[Path, str]] = {}  # diffusers key -> (file, key in that file)
         self.shapes: dict[str, tuple[int, ...]] = {}
         for file in self.files:
-            keys = _open_safetensors_keys(file)
+            keys = safetensors_shapes(file)
             original = is_original_layout(keys) if self.source.kind == "single_file" else False
             self.original |= original
             for key, shape in keys.items():

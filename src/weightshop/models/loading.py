@@ -14,7 +14,6 @@ diffusers' defaults, which are wrong for both checkpoints.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,20 +22,18 @@ from typing import Any
 import torch
 
 from weightshop.errors import WeightshopError
+from weightshop.io import read_json, safetensors_shapes
+from weightshop.models import builtin
 from weightshop.models.keys import is_diffusers_layout, is_original_layout, original_to_diffusers
+from weightshop.models.shape import infer_transformer_config, original_shapes_to_diffusers, weight_files
 from weightshop.models.spec import KREA2, CheckpointSpec, FamilySpec
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer")
-MANIFEST = "weightshop.json"  # optional per-model defaults written by weightshop (size, text length, name)
+MODEL_DEFAULTS = "weightshop.json"  # optional per-model defaults written by weightshop (size, text length, name)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-def builtin_models() -> dict[str, Any]:
-    """Built-in names (the krea2-nano family) -> a function returning their directory."""
-    from weightshop.nano.family import NAMES, model_dir
-
-    return {name: (lambda name=name: model_dir(name)) for name in NAMES}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
@@ -62,16 +59,20 @@ class ModelSource:
     components: Path  # directory with vae/ text_encoder/ tokenizer/
     checkpoint: str  # "raw" or "turbo"
     model_id: str  # what the user named, for provenance
-    manifest: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)  # the model's weightshop.json: name, default size, text length
+    family: FamilySpec = KREA2
 
+    @property
+    def name(self) -> str:
+        return self.defaults.get("name") or self.model_id
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as e:
-        raise WeightshopError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    @property
+    def default_size(self) -> int:
+        return int(self.defaults.get("default_size", self.family.default_size))
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.defaults.get("max_sequence_length", self.family.max_sequence_length))
 
 
 def _has_components(path: Path) -> bool:
@@ -115,9 +116,8 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
     model_id = str(model)
     if checkpoint is not None:
         checkpoint = family.checkpoint(checkpoint).name
-    named = builtin_models()
-    if model_id in named:
-        model = named[model_id]()
+    if model_id in builtin.NAMES:
+        model = builtin.model_dir(model_id)
     path = Path(model).expanduser()
     if not path.exists():
         if _looks_like_repo_id(model_id):
@@ -126,7 +126,7 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
             raise WeightshopError(
                 f"model {model_id!r} not found: expected a diffusers directory (with model_index.json), "
                 "a Krea 2 transformer .safetensors file (with --components DIR), a hub id such as "
-                f"krea/Krea-2-Raw, or a built-in name ({', '.join(sorted(named))})"
+                f"krea/Krea-2-Raw, or a built-in name ({', '.join(sorted(builtin.NAMES))})"
             )
     comp = Path(components).expanduser() if components is not None else None
     if comp is not None:
@@ -150,12 +150,12 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
                 f"{path} holds only the transformer: pass --components DIR, a directory with the shared "
                 "vae/, text_encoder/ and tokenizer/ (for example a diffusers Krea 2 directory)"
             )
-        manifest = _read_json(comp / MANIFEST)
-        ckpt = checkpoint or _guess_checkpoint(path.name) or manifest.get("checkpoint") or "raw"
-        return ModelSource("single_file", path, comp, ckpt, model_id, manifest)
+        defaults = read_json(comp / MODEL_DEFAULTS)
+        ckpt = checkpoint or _guess_checkpoint(path.name) or defaults.get("checkpoint") or "raw"
+        return ModelSource("single_file", path, comp, ckpt, model_id, defaults, family)
 
     if (path / "model_index.json").is_file():
-        index = _read_json(path / "model_index.json")
+        index = read_json(path / "model_index.json")
         if index.get("_class_name") not in (None, "Krea2Pipeline"):
             raise WeightshopError(
                 f"{path} is a {index.get('_class_name')} directory, not Krea 2 (expected Krea2Pipeline)"
@@ -168,10 +168,10 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
             )
         if "transformer" in missing:
             raise WeightshopError(f"{path} has no transformer/ subfolder")
-        manifest = _read_json(path / MANIFEST)
+        defaults = read_json(path / MODEL_DEFAULTS)
         guessed = "turbo" if index.get("is_distilled") else None
-        ckpt = checkpoint or manifest.get("checkpoint") or guessed or _guess_checkpoint(path.name) or "raw"
-        return ModelSource("diffusers", path, comp or path, ckpt, model_id, manifest)
+        ckpt = checkpoint or defaults.get("checkpoint") or guessed or _guess_checkpoint(path.name) or "raw"
+        return ModelSource("diffusers", path, comp or path, ckpt, model_id, defaults, family)
 
     if path.is_dir():
         # An official-style folder: raw.safetensors / turbo.safetensors beside the shared components.
@@ -193,70 +193,12 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
 # Transformer
 
 
-def transformer_files(source: ModelSource) -> list[Path]:
-    if source.kind == "single_file":
-        return [source.transformer]
-    return sorted((source.transformer / "transformer").glob("*.safetensors"))
-
-
 def transformer_hash(source: ModelSource) -> str:
     """sha256 of the transformer weights (of the sorted shard hashes when sharded)."""
     from weightshop.io import cached_sha256, sha256_bytes
 
-    hashes = [cached_sha256(f) for f in transformer_files(source)]
+    hashes = [cached_sha256(f) for f in weight_files(source)]
     return hashes[0] if len(hashes) == 1 else sha256_bytes("".join(hashes).encode())
-
-
-def _count(prefix: str, keys) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for k in keys if (m := pattern.match(k))})
-
-
-def infer_transformer_config(shapes: dict[str, tuple[int, ...]]) -> dict:
-    """Recover Krea2Transformer2DModel's config from diffusers-named weight shapes.
-
-    The official single file carries no config. Every size is visible in a weight's shape except the
-    rotary split, which is Krea 2's (32, 48, 48) at head_dim 128 and must come from a config otherwise.
-    """
-    try:
-        hidden, in_channels = shapes["img_in.weight"]
-        head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
-        text_hidden = shapes["txt_in.linear_1.weight"][1]
-        text_head_dim = shapes["text_fusion.layerwise_blocks.0.attn.norm_q.weight"][0]
-        config = {
-            "in_channels": in_channels,
-            "num_layers": _count("transformer_blocks.", shapes),
-            "attention_head_dim": head_dim,
-            "num_attention_heads": hidden // head_dim,
-            "num_key_value_heads": shapes["transformer_blocks.0.attn.to_k.weight"][0] // head_dim,
-            "intermediate_size": shapes["transformer_blocks.0.ff.gate.weight"][0],
-            "timestep_embed_dim": shapes["time_embed.linear_1.weight"][1],
-            "text_hidden_dim": text_hidden,
-            "num_text_layers": shapes["text_fusion.projector.weight"][1],
-            "text_num_attention_heads": text_hidden // text_head_dim,
-            "text_num_key_value_heads": shapes["text_fusion.layerwise_blocks.0.attn.to_k.weight"][0] // text_head_dim,
-            "text_intermediate_size": shapes["text_fusion.layerwise_blocks.0.ff.gate.weight"][0],
-            "num_layerwise_text_blocks": _count("text_fusion.layerwise_blocks.", shapes),
-            "num_refiner_text_blocks": _count("text_fusion.refiner_blocks.", shapes),
-        }
-    except KeyError as e:
-        raise WeightshopError(f"not a complete Krea 2 transformer: weight {e.args[0]} is missing") from None
-    if head_dim == 128:
-        config["axes_dims_rope"] = (32, 48, 48)
-    return config
-
-
-def _open_safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:
-        raise WeightshopError(
-            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); it may be truncated "
-            "or in another format (weightshop never unpickles .bin/.pt/.ckpt files)"
-        ) from None
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -278,7 +220,7 @@ def load_single_file_transformer(path: str | Path, config: dict | str | Path | N
     from safetensors.torch import load_file
 
     path = Path(path)
-    keys = _open_safetensors_keys(path)
+    keys = safetensors_shapes(path)
     original = is_original_layout(keys)
     if not original and not is_diffusers_layout(keys):
         sample = ", ".join(list(keys)[:3]) or "no tensors"
@@ -286,16 +228,11 @@ def load_single_file_transformer(path: str | Path, config: dict | str | Path | N
             f"{path} is not a Krea 2 transformer: it has no txtfusion.projector / text_fusion.projector "
             f"weight (first keys: {sample})"
         )
-    if original:
-        shapes = original_to_diffusers({k: torch.empty(s, device="meta") for k, s in keys.items()})
-        shapes = {k: tuple(v.shape) for k, v in shapes.items()}
-    else:
-        shapes = keys
-    inferred = infer_transformer_config(shapes)
+    inferred = infer_transformer_config(original_shapes_to_diffusers(keys) if original else keys)
     if isinstance(config, (str, Path)):
         config_path = Path(config)
         config_path = config_path / "config.json" if config_path.is_dir() else config_path
-        config = _read_json(config_path) or None
+        config = read_json(config_path) or None
     if config:
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         clash = {k: (v, config.get(k)) for k, v in inferred.items()
@@ -375,7 +312,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32):
 
 def text_encoder_select_layers(path: str | Path, family: FamilySpec = KREA2) -> tuple[int, ...]:
     path = Path(path)
-    index = _read_json(path / "model_index.json") or _read_json(path / MANIFEST)
+    index = read_json(path / "model_index.json") or read_json(path / MODEL_DEFAULTS)
     return tuple(index.get("text_encoder_select_layers") or family.text_encoder_select_layers)
 
 
@@ -445,15 +382,15 @@ class LoadedModel:
 
     @property
     def default_size(self) -> int:
-        return int(self.source.manifest.get("default_size", 1024))
+        return self.source.default_size
 
     @property
     def max_sequence_length(self) -> int:
-        return int(self.source.manifest.get("max_sequence_length", self.family.max_sequence_length))
+        return self.source.max_sequence_length
 
     @property
     def name(self) -> str:
-        return self.source.manifest.get("name") or self.source.model_id
+        return self.source.name
 
     def transformer_hash(self) -> str:
         return transformer_hash(self.source)

@@ -2,9 +2,9 @@
 
 Krea 2 interpolates x_t = (1 - s) * x0 + s * noise with s in [0, 1] (1 is pure noise) and predicts
 v = noise - x0. Sampling walks a grid of sigmas from 1 towards 0, shifted towards the noisy end by the
-exponential time shift e^mu / (e^mu + 1/s - 1). Raw picks mu from the number of image tokens; Turbo
-always uses 1.15. Everything that needs one of these numbers (generation, training's timestep
-sampler, the tests) imports it from here, so the schedule exists exactly once.
+exponential time shift e^mu / (e^mu + 1/s - 1). Raw picks mu from the number of image tokens (a `ShiftRule`),
+Turbo uses a fixed mu. The functions are here, once; the numbers that are facts of a checkpoint (Krea 2's
+shift anchors, Turbo's mu) live on the family spec in weightshop.models.spec.
 """
 
 from __future__ import annotations
@@ -17,20 +17,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ShiftRule:
-    """mu as a linear function of image tokens, between two anchor points (Krea 2: 256 -> 0.5, 6400 -> 1.15)."""
+    """mu as a linear function of image tokens, between two anchor points (Krea 2's: models.spec.KREA2.shift)."""
 
-    base_tokens: int = 256
-    max_tokens: int = 6400
-    base_mu: float = 0.5
-    max_mu: float = 1.15
+    base_tokens: int
+    max_tokens: int
+    base_mu: float
+    max_mu: float
 
     def mu(self, image_tokens: int) -> float:
         slope = (self.max_mu - self.base_mu) / (self.max_tokens - self.base_tokens)
         return self.base_mu + slope * (image_tokens - self.base_tokens)
-
-
-KREA2_SHIFT = ShiftRule()
-TURBO_MU = 1.15
 
 
 def image_tokens(height: int, width: int, vae_scale_factor: int = 8, patch_size: int = 2) -> int:

@@ -12,13 +12,12 @@ classic classifier-free guidance at scale 1 + g, so "cfg 3.5" in Krea's docs is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from weightshop.errors import WeightshopError
-from weightshop.models.schedule import KREA2_SHIFT, TURBO_MU, ShiftRule, image_tokens
+from weightshop.models.schedule import ShiftRule, image_tokens
 
-CheckpointName = Literal["raw", "turbo"]
-CHECKPOINTS: tuple[str, ...] = ("raw", "turbo")
+# Krea 2's resolution-aware shift: mu linear in image tokens from (256, 0.5) to (6400, 1.15).
+KREA2_SHIFT = ShiftRule(base_tokens=256, max_tokens=6400, base_mu=0.5, max_mu=1.15)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ TURBO = CheckpointSpec(
     hub_repo="krea/Krea-2-Turbo",
     single_file="turbo.safetensors",
     is_distilled=True,
-    preset=SamplerPreset(steps=8, guidance=0.0, mu=TURBO_MU),
+    preset=SamplerPreset(steps=8, guidance=0.0, mu=1.15),
     max_side=2048,
     about="8-step distilled checkpoint for fast inference (guidance off, mu fixed at 1.15)",
 )
@@ -88,6 +87,10 @@ class FamilySpec:
     text_encoder_select_layers: tuple[int, ...]
     max_sequence_length: int
     patch_size: int = 2
+    # The full-size VAE's spatial downscale (a model's own VAE config decides for it: `vae_scale`).
+    vae_scale_factor: int = 8
+    # The side a model makes by default, unless its weightshop.json says otherwise.
+    default_size: int = 1024
     # Largest side accepted; the smallest is two tokens, and the multiple comes from the VAE.
     hard_max_side: int = 4096
     transformer_class: str = "Krea2Transformer2DModel"
@@ -102,6 +105,17 @@ class FamilySpec:
             raise WeightshopError(
                 f"unknown checkpoint {name!r}: expected one of {', '.join(self.checkpoints)}"
             ) from None
+
+    def vae_scale(self, vae_config: dict | None = None) -> int:
+        """The VAE's spatial downscale from its config, by Krea2Pipeline's own rule: one halving per
+        temporal-downsample entry (the default without a config)."""
+        if not vae_config or "temperal_downsample" not in vae_config:
+            return self.vae_scale_factor
+        return 2 ** len(vae_config["temperal_downsample"])
+
+    def size_multiple(self, vae_scale: int | None = None) -> int:
+        """Sides must be multiples of this: the VAE's scale times the patch size (16 for Krea 2)."""
+        return (vae_scale or self.vae_scale_factor) * self.patch_size
 
     def scheduler_config(self, mu: float | None = None) -> dict:
         """FlowMatchEulerDiscreteScheduler config with Krea 2's shift; a fixed mu pins it (static shift e^mu)."""

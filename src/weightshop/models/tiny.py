@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from weightshop.io import atomic_write_json
+from weightshop.io import atomic_save_safetensors, atomic_write_json
 from weightshop.models.keys import diffusers_to_original
-from weightshop.models.loading import MANIFEST
+from weightshop.models.loading import MODEL_DEFAULTS
 from weightshop.models.spec import KREA2
 
 WORDS = (
@@ -118,7 +118,7 @@ def write_tiny_krea2(path: str | Path, *, checkpoint: str = "raw", seed: int = 0
     transformer = tiny_transformer(sizes, seed + (1000 if checkpoint == "turbo" else 0))
     pipe = build_pipeline(transformer, shared, KREA2.checkpoint(checkpoint))
     pipe.save_pretrained(path)
-    atomic_write_json(path / MANIFEST, {
+    atomic_write_json(path / MODEL_DEFAULTS, {
         "family": "krea2", "name": f"krea2-tiny-random-{checkpoint}", "checkpoint": checkpoint,
         "default_size": sizes.size, "max_sequence_length": sizes.max_sequence_length,
         "text_encoder_select_layers": list(sizes.select_layers),
@@ -129,12 +129,7 @@ def write_tiny_krea2(path: str | Path, *, checkpoint: str = "raw", seed: int = 0
 
 def write_single_file(transformer, path: str | Path, original_names: bool = True) -> Path:
     """Save a transformer as one safetensors file, in the official key layout by default."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous() for k, v in transformer.state_dict().items()}
+    state = transformer.state_dict()
     if original_names:
         state = diffusers_to_original(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return path
+    return atomic_save_safetensors(path, state)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weightshop.io import atomic_write_json
-from weightshop.nano import family, world
+from weightshop.io import atomic_save_safetensors, atomic_write_json
+from weightshop.models import builtin
+from weightshop.nano import world
 from weightshop.nano.distill import DistillRecipe, distill_turbo
 from weightshop.nano.pretrain import (TransformerRecipe, build_transformer, pretraining_scenes, scene_from_json,
                                       train_raw)
@@ -36,13 +37,12 @@ STAGE_RECIPE = {"vae": "vae", "text": "text", "probe": "probe", "raw": "transfor
 # The stages `weightshop nano seed` takes from a packaged family, and where it puts that family's Raw weights.
 SEEDED_STAGES = ("world", "vae", "text", "probe")
 WARM_START = "warm_start"
-# The second build's Raw (family v1, commit 4371eb6, recipe docs/benchmarks/nano-build-v1.json) stopped with its loss
-# still falling and shape at 59.5 %: family v2 continued it (commit 084dd85, docs/benchmarks/nano-build-v2.json).
+# The sha256 of earlier families' Raw weights, which a later family's Raw continues from (v2 continued v1; the
+# current recipe continues v2 on the text encoder trained for binding, TextRecipe.steps). Their history and
+# measurements: README, "krea2-nano"; their build records: docs/benchmarks/nano-build-v*.json.
 V1_RAW_SHA256 = "443d44e9c8eafe6fcf0e335a874be3039c84006a2fd9fe4d4410ef5c91446ee4"
-# v2's Raw drew single objects right (shape 98 %, colour 100 %) but bound two objects' attributes at chance: the
-# random-init text encoder's features did not say which words belong together. v3 keeps v2's Raw as its start and
-# trains it on the text encoder trained for binding (TextRecipe.steps).
 V2_RAW_SHA256 = "cdbca4060e33ab124b1fd67c011d013bd626d940803752296c89a5934ff1e903"
+# A commit whose src/weightshop/nano/weights holds each of those families (the missing-warm-start error names it).
 CHECKOUTS = {V1_RAW_SHA256: "4371eb6", V2_RAW_SHA256: "f998d63"}
 
 
@@ -81,7 +81,7 @@ def smoke_recipe() -> NanoRecipe:
 
 
 class Build:
-    def __init__(self, workdir: Path, out: Path = family.WEIGHTS, recipe: NanoRecipe | None = None,
+    def __init__(self, workdir: Path, out: Path = builtin.WEIGHTS, recipe: NanoRecipe | None = None,
                  progress: Progress | None = None, deadline: float | None = None, compile: bool = False,
                  redo: str | None = None):
         self.workdir = Path(workdir)
@@ -358,10 +358,7 @@ class Build:
         r = self.recipe.probe
         vae = self.components().vae
         probe, info = train_probe(self.workdir, r, vae=vae, progress=self.progress)
-        from safetensors.torch import save_file
-
-        (self.final / "probe").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(self.final / "probe" / "probe.safetensors"))
+        atomic_save_safetensors(self.final / "probe" / "probe.safetensors", probe.state_dict())
         atomic_write_json(self.final / "probe" / "config.json", {"width": r.width, "attributes": world.label_space()})
         accuracy = clean_accuracy(probe, n=2000 if r.steps > 100 else 20)
         atomic_write_json(self.final / "probe" / "accuracy.json", accuracy)
@@ -371,7 +368,7 @@ class Build:
         """Write the two diffusers directories, the probe and the sha256 manifest into `out`."""
         import shutil
 
-        from weightshop.models.loading import MANIFEST
+        from weightshop.models.loading import MODEL_DEFAULTS
 
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[self.recipe.weights_dtype]
         if self.out.exists():
@@ -381,7 +378,7 @@ class Build:
             pipe = self._pipeline(self._load_transformer(name), checkpoint)
             pipe.transformer.to(dtype)
             pipe.save_pretrained(target)
-            atomic_write_json(target / MANIFEST, {
+            atomic_write_json(target / MODEL_DEFAULTS, {
                 "family": "krea2", "name": f"krea2-nano-{checkpoint}", "checkpoint": checkpoint,
                 "default_size": self.recipe.size, "max_sequence_length": self.recipe.text.max_sequence_length,
                 "text_encoder_select_layers": list(self.recipe.text.select_layers),
@@ -395,7 +392,7 @@ class Build:
             (turbo / part).symlink_to(Path("..") / "krea2-nano-raw" / part, target_is_directory=True)
         shutil.copytree(self.final / "probe", self.out / "probe")
         shutil.copy(self.final / "world_preview.png", self.out / "world_preview.png")
-        manifest = family.write_manifest(self.out)
+        manifest = builtin.write_checksums(self.out)
         return {"total_bytes": manifest["total_bytes"], "files": len(manifest["files"])}
 
     def stage_card(self) -> dict:
@@ -410,7 +407,7 @@ def run_build(workdir: str | Path, out: str | Path | None = None, stages: tuple[
     recipe = smoke_recipe() if smoke else NanoRecipe()
     deadline = time.time() + hours * 3600 if hours else None
     # torch.compile pays off over hours of training, never in a few smoke steps.
-    build = Build(Path(workdir), Path(out) if out else family.WEIGHTS, recipe, progress, deadline, compile=not smoke,
+    build = Build(Path(workdir), Path(out) if out else builtin.WEIGHTS, recipe, progress, deadline, compile=not smoke,
                   redo=redo)
     return build.run(stages)
 

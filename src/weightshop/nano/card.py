@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from weightshop.io import atomic_write_json, atomic_write_text
-from weightshop.nano import family, world
+from weightshop.models import builtin
+from weightshop.models.spec import KREA2
+from weightshop.nano import world
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
@@ -24,7 +26,8 @@ def _params(model) -> int:
 
 def measure_family(root: Path, prompts: int, seeds: tuple[int, ...], progress=None) -> dict:
     from weightshop.models.loading import load_pair
-    from weightshop.nano.evaluate import comparison_grid, load_probe, measure
+    from weightshop.nano.evaluate import comparison_grid, measure
+    from weightshop.nano.probe import load_probe
 
     pair = load_pair(root / "krea2-nano-raw", root / "krea2-nano-turbo", dtype="fp32")
     probe = load_probe(root / "probe")
@@ -88,12 +91,13 @@ def render_card(record: dict, quality: dict, manifest: dict) -> str:
     stages = record["stages"]
     s = quality["sizes"]
     probe_acc = stages.get("probe", {}).get("clean_accuracy", {})
+    raw, turbo = KREA2.checkpoint("raw").preset, KREA2.checkpoint("turbo").preset
     return f"""# krea2-nano
 
 Krea 2's architecture and code path at nano size (Krea2Transformer2DModel, AutoencoderKLQwenImage,
 Qwen3VLModel text encoder, Krea2Pipeline), trained on CPU on the procedural shapes world. Two checkpoints,
-as in the real release: **nano-Raw** (pretrained, sampled at 52 steps with guidance 3.5) and
-**nano-Turbo** (distilled from Raw to 8 steps without guidance, `is_distilled`, mu 1.15).
+as in the real release: **nano-Raw** (pretrained, sampled at {raw.steps} steps with guidance {raw.guidance:g}) and
+**nano-Turbo** (distilled from Raw to {turbo.steps} steps without guidance, `is_distilled`, mu {turbo.mu:g}).
 This card was written by `weightshop nano card`; every number below was measured by it.
 
 ## Architecture
@@ -110,7 +114,7 @@ This card was written by `weightshop nano card`; every number below was measured
 - VAE: {stages.get('vae', {}).get('steps')} steps, L1 + MSE + edge loss, KL 1e-6 (sees held-out concepts, like a general VAE).
 - text encoder: byte-level BPE ({stages.get('text', {}).get('vocab')} tokens, Krea's 34 + 5 template layout); {_text_training(stages.get('text', {}))}.
 - nano-Raw: {stages.get('raw', {}).get('steps')} steps x batch {record['recipe']['transformer']['batch']} {_raw_start(record)}; x_t = (1-s) x0 + s noise, v = noise - x0, s {record['recipe']['transformer'].get('timesteps', 'logit_normal')}, 10 % caption dropout, EMA {record['recipe']['transformer']['ema_decay']}.
-- nano-Turbo: trajectory distillation onto the 8-step mu 1.15 grid from Raw with guidance {record['recipe']['distill']['guidance']} ({record['recipe']['distill']['substeps']} Euler sub-steps per interval), {stages.get('turbo', {}).get('trajectories')} trajectories of batch {record['recipe']['distill']['batch']}; half the intervals start from the student's own state.
+- nano-Turbo: trajectory distillation onto the {turbo.steps}-step mu {turbo.mu:g} grid from Raw with guidance {record['recipe']['distill']['guidance']} ({record['recipe']['distill']['substeps']} Euler sub-steps per interval), {stages.get('turbo', {}).get('trajectories')} trajectories of batch {record['recipe']['distill']['batch']}; half the intervals start from the student's own state.
 - probe: {stages.get('probe', {}).get('steps')} steps on renders of all concepts with generation-like augmentation.
 
 ## Probe accuracy on clean renders
@@ -128,19 +132,56 @@ Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()}
 """
 
 
+def read_build_record(workdir: str | Path) -> dict:
+    """The build record (workdir/build.json) a card cites; a WeightshopError naming workdir when there is none."""
+    from weightshop.errors import WeightshopError
+
+    workdir = Path(workdir)
+    path = workdir / "build.json"
+    expected = ("the model card cites the record of the `weightshop nano build` that made the family: pass that "
+                "build's --workdir (the directory holding its build.json and final/)")
+    if not workdir.is_dir():
+        raise WeightshopError(f"nano build workdir {workdir} does not exist; {expected}")
+    if not path.is_file():
+        raise WeightshopError(f"{workdir} has no build record (build.json); {expected}")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightshopError(f"{path} is not a readable build record ({e}); {expected}") from None
+    _check_record(record, path)
+    return record
+
+
+def _check_record(record, where) -> None:
+    from weightshop.errors import WeightshopError
+
+    if not isinstance(record, dict) or not isinstance(record.get("stages"), dict) or not isinstance(
+            record.get("recipe"), dict) or "transformer" not in record["recipe"]:
+        raise WeightshopError(f"{where} is not a nano build record: expected a build.json with 'stages' and a "
+                              "'recipe' (written by `weightshop nano build`)")
+
+
 def write_card(root: Path, record: dict, recipe, progress=None) -> dict:
+    """Measure the family at `root` and write its card, citing `record` (see read_build_record)."""
+    from weightshop.errors import WeightshopError
+
+    root = Path(root)
+    _check_record(record, "the build record given")
+    if not (root / builtin.CHECKSUMS).is_file():
+        raise WeightshopError(f"{root} holds no packaged nano family ({builtin.CHECKSUMS} is missing): expected the "
+                              "output of `weightshop nano build` (krea2-nano-raw/, krea2-nano-turbo/, probe/)")
     quality = measure_family(root, recipe.eval_prompts, tuple(recipe.eval_seeds), progress)
     quality["grid"].save(root / "grid.png")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = json.loads((root / builtin.CHECKSUMS).read_text())
     card = render_card(record, quality, manifest)
     atomic_write_text(root / "MODEL_CARD.md", card)
     payload = {k: v for k, v in quality.items() if k != "grid"}
     atomic_write_json(root / "quality.json", payload)
-    if root.resolve() == family.WEIGHTS.resolve():
+    if root.resolve() == builtin.WEIGHTS.resolve():
         (DOCS / "images").mkdir(parents=True, exist_ok=True)
         quality["grid"].save(DOCS / "images" / "krea2-nano-grid.png")
         atomic_write_text(DOCS / "krea2-nano.md", card)
-    family.write_manifest(root)
+    builtin.write_checksums(root)
     return {"rows": quality["rows"], "targets": quality["targets"], "speedup": quality["speedup"]}
 
 

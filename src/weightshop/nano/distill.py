@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weightshop.models.schedule import TURBO_MU, sampling_sigmas
+from weightshop.models.schedule import sampling_sigmas
+from weightshop.models.spec import KREA2
 from weightshop.nano import world
 from weightshop.nano.pretrain import Conditioner, ema_update
 from weightshop.state import load_state, save_state
@@ -35,9 +36,9 @@ from weightshop.state import load_state, save_state
 
 @dataclass(frozen=True)
 class DistillRecipe:
-    student_steps: int = 8
+    student_steps: int = KREA2.checkpoint("turbo").preset.steps
     substeps: int = 4  # teacher Euler steps per student interval: 32 guided steps per trajectory
-    guidance: float = 3.5
+    guidance: float = KREA2.checkpoint("raw").preset.guidance  # the teacher samples as Raw's preset does
     batch: int = 16
     trajectories: int = 400  # teacher trajectories (~35 CPU minutes); each gives `student_steps` student updates
     lr: float = 1e-4
@@ -81,7 +82,7 @@ def distill_turbo(workdir: Path, pipe, teacher, max_sequence_length: int, scenes
     state_path = workdir / "turbo_state"
     info = load_state(state_path, {"student": student, "ema": ema}, opt) or {"trajectory": 0, "history": []}
     target = min(recipe.trajectories, max_trajectories) if max_trajectories else recipe.trajectories
-    sigmas = sampling_sigmas(recipe.student_steps, TURBO_MU)
+    sigmas = sampling_sigmas(recipe.student_steps, KREA2.checkpoint("turbo").preset.mu)
     c, h, w = latent_shape
     uncond_embeds, uncond_mask = cond.text([""] * recipe.batch)
     last_save, smooth = time.monotonic(), None

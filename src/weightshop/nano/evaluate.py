@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from weightshop.generate import GenerateRequest, generate
+from weightshop.models.spec import KREA2
 from weightshop.nano import world
 from weightshop.nano.probe import Probe, predict, score
 from weightshop.report import image_grid
@@ -26,10 +27,12 @@ class Setting:
     guidance: float | None = None
 
 
+_RAW, _TURBO = KREA2.checkpoint("raw").preset, KREA2.checkpoint("turbo").preset
 SETTINGS = (
-    Setting("nano-Raw preset (52 steps, guidance 3.5)", "raw"),
-    Setting("nano-Raw 8 steps, no guidance", "raw", steps=8, guidance=0.0),
-    Setting("nano-Turbo preset (8 steps)", "turbo"),
+    Setting(f"nano-Raw preset ({_RAW.steps} steps, guidance {_RAW.guidance:g})", "raw"),
+    # Raw sampled like Turbo: what distillation buys at the same cost
+    Setting(f"nano-Raw {_TURBO.steps} steps, no guidance", "raw", steps=_TURBO.steps, guidance=_TURBO.guidance),
+    Setting(f"nano-Turbo preset ({_TURBO.steps} steps)", "turbo"),
 )
 
 
@@ -37,32 +40,6 @@ def evaluation_suite(prompts: int, seeds: tuple[int, ...], heldout: str | None =
     """(scene, caption, seed) for each prompt x seed: fixed, so every run measures the same thing."""
     return [(scene, text, seed) for scene, text in world.prompt_suite(prompts, seed=0, heldout=heldout)
             for seed in seeds]
-
-
-def load_probe(path) -> Probe:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from weightshop.errors import WeightshopError
-
-    path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    expected = world.label_space()
-    trained = config.get("attributes")
-    if not isinstance(trained, dict):
-        raise WeightshopError(f"{path / 'config.json'}: no 'attributes' (the labels the probe was trained for); "
-                              "expected the probe a `weightshop nano build` packages with its family")
-    changed = [k for k in expected if trained.get(k) != expected[k]] + [k for k in trained if k not in expected]
-    if changed:
-        raise WeightshopError(
-            f"{path / 'config.json'}: this probe was trained for another shapes world: "
-            + "; ".join(f"{k}: probe {trained.get(k)}, this world {expected.get(k)}" for k in changed)
-            + ". Use the probe packaged with the same nano family (`weightshop nano build` writes both)")
-    probe = Probe(config["width"])
-    probe.load_state_dict(load_file(str(path / "probe.safetensors")))
-    return probe.eval()
 
 
 def measure(models: dict, probe: Probe, prompts: int = 100, seeds: tuple[int, ...] = (0, 1),

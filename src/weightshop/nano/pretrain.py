@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from weightshop.io import atomic_save_safetensors
 from weightshop.models.latents import pack_latents, position_ids
-from weightshop.models.schedule import KREA2_SHIFT, image_tokens, noisy_sample, sample_timesteps, velocity_target
+from weightshop.models.schedule import image_tokens, noisy_sample, sample_timesteps, velocity_target
+from weightshop.models.spec import KREA2
 from weightshop.nano import world
 from weightshop.state import run_loop, warmup_cosine
 
@@ -42,10 +44,9 @@ class TransformerRecipe:
     lr: float = 5e-4
     warmup: int = 500
     steps: int = 5000  # 320k samples: about 1.4 CPU hours with torch.compile
-    # Timesteps as sampling visits them (uniform pushed through the training size's mu). The first build
-    # drew logit-normal(0, 1), which almost never visits s > 0.97 (0.02 % of samples), yet the sampler
-    # starts at s = 1 where layout and colour are decided: its Raw learned the text (denoising loss at
-    # s = 0.9: 0.25 with the right caption, 0.72 with a wrong one) but its samples ignored the prompt.
+    # Timesteps as sampling visits them (uniform pushed through the training size's mu). Logit-normal(0, 1)
+    # almost never visits s > 0.97 (0.02 % of samples), yet the sampler starts at s = 1 where layout and colour
+    # are decided: a Raw trained on it learns the text but its samples ignore the prompt (README, "krea2-nano").
     timesteps: str = "shifted"
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
@@ -143,7 +144,7 @@ def latent_dataset(workdir: Path, vae, n: int, seed: int, progress=None) -> tupl
             return scenes, latents
     scenes = pretraining_scenes(n, seed)
     latents = encode_scenes(vae, scenes, progress=progress)
-    save_file({"latents": latents.contiguous()}, str(lat_path))
+    atomic_save_safetensors(lat_path, {"latents": latents})
     scenes_path.write_text(json.dumps([scene_to_json(s) for s in scenes]))
     return scenes, latents
 
@@ -203,7 +204,7 @@ def train_raw(workdir: Path, pipe, max_sequence_length: int, recipe: Transformer
                                      (lambda d, t: progress("encode", d, t, {})) if progress else None)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(model) if compile else model
-    mu = KREA2_SHIFT.mu(image_tokens(size, size, pipe.vae_scale_factor, pipe.patch_size))
+    mu = KREA2.shift.mu(image_tokens(size, size, pipe.vae_scale_factor, pipe.patch_size))
 
     def step_loss(step: int):
         return captioned_batch_loss(forward, cond, scenes, latents, [recipe.seed, step, 5], recipe.batch,

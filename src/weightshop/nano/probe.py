@@ -137,6 +137,33 @@ def train_probe(workdir: Path, recipe: ProbeRecipe = ProbeRecipe(), vae=None, ma
 
 
 @torch.no_grad()
+def load_probe(path) -> Probe:
+    """The probe packaged at `path` (probe.safetensors + config.json), refused when it was trained for another
+    shapes world (its label space differs from this one's)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from weightshop.errors import WeightshopError
+
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    expected = world.label_space()
+    trained = config.get("attributes")
+    if not isinstance(trained, dict):
+        raise WeightshopError(f"{path / 'config.json'}: no 'attributes' (the labels the probe was trained for); "
+                              "expected the probe a `weightshop nano build` packages with its family")
+    changed = [k for k in expected if trained.get(k) != expected[k]] + [k for k in trained if k not in expected]
+    if changed:
+        raise WeightshopError(
+            f"{path / 'config.json'}: this probe was trained for another shapes world: "
+            + "; ".join(f"{k}: probe {trained.get(k)}, this world {expected.get(k)}" for k in changed)
+            + ". Use the probe packaged with the same nano family (`weightshop nano build` writes both)")
+    probe = Probe(config["width"])
+    probe.load_state_dict(load_file(str(path / "probe.safetensors")))
+    return probe.eval()
+
+
 def predict(probe: Probe, images, batch: int = 256) -> list[dict[str, str]]:
     out = []
     for start in range(0, len(images), batch):

@@ -41,13 +41,10 @@ class TextRecipe:
     lr: float = 2e-3
     seed: int = 0
     save_every_s: float = 120.0
-    # Readout steps (`train_text_encoder`). Next-token training failed twice: in shapes-world captions every colour
-    # (and shape) is equally likely in every context, so it collapsed interchangeable words (after the first build's
-    # 800 steps red vs blue moved the tapped features 2.6 % of their norm; a random init: 25 %) and nano-Raw could
-    # not learn colour. The random init that replaced it (families v1, v2) keeps words apart but does not bind
-    # them: Raw v2 drew lone objects right (shape 98 %, colour 100 %) and two objects' attributes at chance. A
-    # real Qwen3-VL's features carry both, learnt from far more text than this world has; the readout puts them
-    # there directly, in 600 steps (about a minute): 100 % held-out readout, red vs blue 53 % apart.
+    # Readout steps (`train_text_encoder`), about a minute. Why a readout: next-token training on shapes-world
+    # captions, where every colour (and shape) is equally likely in every context, collapses interchangeable words,
+    # and a random init keeps words apart but does not bind them to their object; a real Qwen3-VL's features do
+    # both, and the readout puts both there directly (the measurements: README, "krea2-nano").
     steps: int = 600
 
 
@@ -180,7 +177,8 @@ def word_separation(encoder, tokenizer, select_layers, template: str = "a large 
                     words: tuple[str, str] = ("red", "blue")) -> float:
     """How far the tapped features of two captions that differ in one word lie apart, relative to their norm
     (the pipeline's layout: template-wrapped, prefix dropped). A text encoder whose features barely move
-    (the first build: 0.026) leaves the transformer almost nothing to condition on."""
+    (about 0.03, as next-token training on this world leaves them) leaves the transformer almost nothing to
+    condition on."""
     texts = [PROMPT_PREFIX + template.format(w) + PROMPT_SUFFIX for w in words]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from weightshop.errors import WeightshopError
 from weightshop.models.schedule import LOSS_WEIGHTINGS
-from weightshop.train.plan import BASE_DTYPES
+
+BASE_DTYPES = ("none", "fp8", "fp8-mm", "int8", "nf4")  # memory.base_dtype: how the frozen blocks are stored
 
 
 class _Strict(BaseModel):
@@ -199,6 +200,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return TrainConfig.model_validate(data)
     except ValidationError as e:
         raise _explain(e, where) from None
+
+
+def with_changes(cfg: TrainConfig, changes: dict) -> TrainConfig:
+    """A copy of `cfg` with dotted fields changed ({"memory.base_dtype": "fp8"}), validated like a loaded config."""
+    data = config_dict(cfg)
+    for key, value in changes.items():
+        _set_path(data, key, value)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, "config") from None
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from weightshop.errors import WeightshopError
-from weightshop.train.plan import BASE_DTYPES
+from weightshop.train.config import BASE_DTYPES
 
 
 def _in_blocks(name: str) -> bool:

@@ -3,8 +3,9 @@
 Speed and memory do not depend on the weight values, so a Krea2Transformer2DModel of any size (full Krea 2
 included) built with random weights, fed random latents and text features of the right shapes, costs what
 the real checkpoint costs. `weightshop plan` measures this step's memory to calibrate its model;
-`weightshop bench` times it. Both run the same setup: the base stored by `train.memory.store_base`, peft LoRA
-from `trainer.add_lora`, `trainer.flow_matching_loss`, gradient clipping and the run's optimizer.
+`weightshop bench` times it. Both take the run's own `TrainConfig` and run the trainer's own code on it:
+`train.setup.prepare` (base storage, LoRA or DoRA, compile, optimizer, EMA) and `train.step.take_step`
+(micro-batches, clipping, optimizer and EMA updates).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+
+from weightshop.train.config import TrainConfig
 
 
 def random_transformer(config: dict | None = None, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
@@ -63,61 +66,61 @@ def synthetic_cache(config: dict, height: int, width: int, items: int, text_toke
 
 @dataclass
 class TrainerStep:
-    """A model with its LoRA, optimizer and batch, ready to take the trainer's step again and again."""
+    """A prepared model and a synthetic batch source, ready to take the trainer's step again and again."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    params: list
-    names: list[str]
+    prepared: object  # train.setup.Prepared
     cache: SimpleNamespace
-    cfg: object
+    batches: object  # train.step.Batches
+    cfg: TrainConfig
     device: str
-    ema: dict | None = None
     taken: int = 0
     last_loss: float = float("nan")
     last_grad_norm: float = float("nan")
 
-    def __call__(self) -> None:
-        from weightshop.train.trainer import flow_matching_loss
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.prepared.model
 
-        files = sorted(self.cache.latents)[:self.cfg.schedule.batch_size]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = flow_matching_loss(self.model, self.cache, files, self.cfg, self.taken, 0, self.device)
-        loss.backward()
-        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, 1.0))
-        self.optimizer.step()
-        self.last_loss = loss.item()
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.prepared.optimizer
+
+    @property
+    def params(self) -> list:
+        return self.prepared.params
+
+    @property
+    def names(self) -> list[str]:
+        return self.prepared.names
+
+    @property
+    def ema(self) -> dict | None:
+        return self.prepared.ema
+
+    def __call__(self) -> None:
+        from weightshop.train.step import take_step
+
+        loss, grad_norm = take_step(self.prepared, self.cache, self.batches, self.cfg, self.taken, self.device)
+        self.last_loss = loss
+        self.last_grad_norm = float("nan") if grad_norm is None else grad_norm
         self.taken += 1
 
 
-def trainer_step(config: dict | None, settings, height: int, width: int | None = None, *, device: str = "cpu",
-                 vae_scale: int = 8, text_tokens: int = 512, seed: int = 0) -> TrainerStep:
-    """Build `config` (None: full Krea 2) with random weights and set it up as the trainer does for `settings`
-    (a train.plan.RunSettings): model dtype, frozen base storage, LoRA, checkpointing, regional compile,
-    optimizer and the LoRA's EMA."""
-    from weightshop.models.loading import DTYPES
-    from weightshop.train.config import load_config
-    from weightshop.train.memory import compile_blocks, store_base
-    from weightshop.train.trainer import _optimizer, add_lora, lora_state
+def trainer_step(cfg: TrainConfig, config: dict | None, height: int, width: int | None = None, *,
+                 device: str = "cpu", vae_scale: int = 8, text_tokens: int = 512) -> TrainerStep:
+    """Build `config` (a Krea2Transformer2DModel config; None: full Krea 2) with random weights in
+    `cfg.model.dtype` and set it up for `cfg` exactly as the trainer does; batches of `cfg.schedule.batch_size`
+    at height x width with `text_tokens` text tokens. The random weights and data derive from cfg.schedule.seed."""
+    from weightshop.models.loading import resolve_dtype
+    from weightshop.train.setup import prepare
+    from weightshop.train.step import Batches
 
     width = width or height
-    targets = list(settings.targets) if isinstance(settings.targets, tuple) else settings.targets
-    cfg = load_config(base={
-        "data": {"manifest": "-", "caption_dropout": 0.0}, "model": {"dtype": settings.model_dtype},
-        "lora": {"rank": settings.rank, "targets": targets, "text_fusion": settings.text_fusion,
-                 "dropout": settings.lora_dropout},
-        "schedule": {"batch_size": settings.batch_size, "seed": seed}, "optim": {"name": settings.optimizer},
-        "memory": {"gradient_checkpointing": settings.checkpointing, "autocast": settings.autocast,
-                   "base_dtype": settings.base_dtype}})
-    model = random_transformer(config, device, DTYPES[settings.model_dtype], seed)
-    model.requires_grad_(False)
-    compute = torch.bfloat16 if settings.autocast == "bf16" else DTYPES[settings.model_dtype]
-    store_base(model, settings.base_dtype, compute)
-    names, params = add_lora(model, cfg, device)
-    if settings.compile:
-        compile_blocks(model)
+    seed = cfg.schedule.seed
+    model = random_transformer(config, device, resolve_dtype(cfg.model.dtype), seed)
+    torch.manual_seed(seed)  # the LoRA's initialisation, as the trainer seeds it
+    prepared = prepare(model, cfg, device)
     model.train()
-    optimizer = _optimizer(params, cfg)
-    ema = {k: v.clone() for k, v in lora_state(model).items()} if settings.ema else None
-    cache = synthetic_cache(model.config, height, width, max(4, settings.batch_size), text_tokens, vae_scale, seed)
-    return TrainerStep(model, optimizer, params, names, cache, cfg, device, ema)
+    batch = cfg.schedule.batch_size
+    cache = synthetic_cache(model.config, height, width, max(4, batch), text_tokens, vae_scale, seed)
+    return TrainerStep(prepared, cache, Batches(cache, batch, seed), cfg, device)

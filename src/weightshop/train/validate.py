@@ -3,8 +3,8 @@
 Turbo is where the LoRA will run, so it is watched while training on Raw. The LoRA is applied exactly as a
 user will apply it: the current weights are saved as a LoRA file and loaded through
 weightshop.lora.apply_loras (every module verified). Raw and Turbo share one VAE and text encoder.
-On krea2-nano, the probe reports the concept hit rate (how many images show the concept named in
-`validation.concept`).
+On krea2-nano, the probe judge (weightshop.judge) reports the concept hit rate (how many images show the concept
+named in `validation.concept`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ class Validator:
         else:
             self.models = {"raw": load_model(cfg.model.raw, components=cfg.model.components, checkpoint="raw",
                                              dtype="fp32")}
-        self.probe = None
-        if v.concept and probe_dir is not None and (probe_dir / "probe.safetensors").is_file():
-            from weightshop.nano.evaluate import load_probe
+        self.judge = None
+        if v.concept and probe_dir is not None:
+            from weightshop.judge import ProbeScorer
 
-            self.probe = load_probe(probe_dir)
+            self.judge = ProbeScorer.from_dir(probe_dir, v.concept)
 
     def run(self, lora_file: Path, out_dir: Path) -> dict:
-        from weightshop.nano.probe import predict
+        from weightshop.judge import CONCEPT
 
         out_dir.mkdir(parents=True, exist_ok=True)
         result, rows, labels = {}, [], []
@@ -49,10 +49,8 @@ class Validator:
             rows.append(images)
             labels.append(name)
             entry = {"images": len(images), "modules": applied[0].modules}
-            if self.probe is not None:
-                concept = self.cfg.validation.concept
-                found = [concept in (p["shape"], p["shape2"], p["fill"]) for p in predict(self.probe, images)]
-                entry["concept_hit_rate"] = sum(found) / len(found)
+            if self.judge is not None:
+                entry["concept_hit_rate"] = self.judge.score(images, [])[CONCEPT]
             result[name] = entry
         grid = image_grid(rows, row_labels=labels, cell=96)
         grid.save(out_dir / "grid.png")

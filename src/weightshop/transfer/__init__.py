@@ -6,11 +6,19 @@ images); reports the transfer ratio and the recommended Turbo strength; and writ
 transfer.json / transfer.html and a ComfyUI workflow. `report.headline()` gives (ratio, strength).
 """
 
-from weightshop.transfer.run import Setting, SettingResult, TransferReport, run_transfer, settings_for
-from weightshop.transfer.scorers import Job, ProbeScorer, Scorer, TrainingSetDistance
-from weightshop.transfer.sweep import (DEFAULT_STRENGTHS, Recommendation, SweepPoint, parse_seeds, parse_strengths,
-                                       recommend_strength, transfer_ratio)
+import importlib
 
-__all__ = ["DEFAULT_STRENGTHS", "Job", "ProbeScorer", "Recommendation", "Scorer", "Setting", "SettingResult",
-           "SweepPoint", "TrainingSetDistance", "TransferReport", "parse_seeds", "parse_strengths",
-           "recommend_strength", "run_transfer", "settings_for", "transfer_ratio"]
+# Names -> the module that defines them. Loaded on first use (PEP 562), so `weightshop.transfer.sweep`'s pure
+# arithmetic (the CLI's defaults) imports without torch.
+_EXPORTS = {
+    "Setting": "run", "SettingResult": "run", "TransferReport": "run", "run_transfer": "run", "settings_for": "run",
+    "DEFAULT_STRENGTHS": "sweep", "Recommendation": "sweep", "SweepPoint": "sweep", "parse_seeds": "sweep",
+    "parse_strengths": "sweep", "recommend_strength": "sweep", "transfer_ratio": "sweep",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -10,7 +10,7 @@ from PIL import Image
 from weightshop.errors import WeightshopError
 from weightshop.io import atomic_write_json
 from weightshop.report import data_uri, image_grid, table_html, write_html
-from weightshop.transfer.scorers import ADHERENCE, CONCEPT
+from weightshop.judge import ADHERENCE, CONCEPT
 
 
 def comparison_grid(report, columns: int = 16) -> Image.Image:

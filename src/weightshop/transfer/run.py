@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from weightshop.errors import WeightshopError
-from weightshop.transfer.scorers import ADHERENCE, CONCEPT, Job, Scorer
+from weightshop.judge import ADHERENCE, CONCEPT, Job, Judge
 from weightshop.transfer.sweep import (DEFAULT_STRENGTHS, DEFAULT_TOLERANCE_POINTS, Recommendation, SweepPoint,
                                        parse_strengths, recommend_strength, transfer_ratio)
 
@@ -148,7 +148,8 @@ def make_jobs(prompts: Sequence[str] | None, concept: str | None, seeds: Sequenc
     return [Job(p, seed, scene) for p, scene in pairs for seed in dict.fromkeys(seeds)], notes
 
 
-# What the probe's judgement of a concept does not say (measured on krea2-nano v3, 2026-11-27).
+# What the probe's judgement of a concept does not say, added to the report's notes (docs/transfer.md, "The striped
+# fill").
 PROBE_CAVEATS = {
     "striped": "striped: krea2-nano's VAE cannot reproduce the 4 px stripes (its own round trip of a striped render "
                "is a hazy fill, which the probe calls striped), so this hit rate says the images carry what the VAE "
@@ -159,15 +160,15 @@ PROBE_CAVEATS = {
 def default_scorers(concept: str | None, raw_root: Path | None, train_images, lora: Path) -> tuple[list, list[str]]:
     """The probe on krea2-nano (when a concept is named), then the training-set distance when images are
     known (given, or the manifest of the `weightshop train` run that wrote the LoRA)."""
-    from weightshop.transfer.scorers import (ProbeScorer, TrainingSetDistance, load_training_images,
-                                             training_source_for_lora)
+    from weightshop.judge import ProbeScorer, TrainingSetDistance
+    from weightshop.transfer.training_images import load_training_images, training_source_for_lora
 
     scorers, notes = [], []
     if concept and raw_root is not None:
-        from weightshop.nano import family
+        from weightshop.models.builtin import packaged_probe
 
-        probe_dir = family.paths(raw_root)[2]
-        if family.installed(raw_root) and (probe_dir / "probe.safetensors").is_file():
+        probe_dir = packaged_probe(raw_root)
+        if probe_dir is not None:
             scorers.append(ProbeScorer.from_dir(probe_dir, concept))
             if concept in PROBE_CAVEATS:
                 notes.append(PROBE_CAVEATS[concept])
@@ -257,7 +258,7 @@ def run_transfer(lora: str | Path, *, raw: str | Path = "krea2-nano", turbo: str
                  strengths: Sequence[float] | str = DEFAULT_STRENGTHS, prompts: Sequence[str] | None = None,
                  concept: str | None = None, prompt_count: int = 16, seeds: Sequence[int] = (0, 1),
                  out_dir: str | Path | None = None, train_images: str | Path | None = None,
-                 scorers: list[Scorer] | None = None, tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
+                 scorers: list[Judge] | None = None, tolerance_points: float = DEFAULT_TOLERANCE_POINTS,
                  raw_strength: float = 1.0, batch_size: int = 1, dtype: str = "auto", device: str = "cpu",
                  comfyui: bool = True, grid_columns: int = 16, steps_override: int | None = None,
                  progress: Progress | None = None) -> TransferReport:

@@ -15,7 +15,7 @@ from weightshop.lora import LoraRequest, apply_loras, load_canonical, save_canon
 from weightshop.lora.ops import combine, combine_files, extract_file, merge_file, resize, resize_file
 from weightshop.models.latents import position_ids
 from weightshop.models.loading import load_model
-from test_lora_formats import make_lora
+from tests.lora.test_formats import make_lora
 
 
 @pytest.fixture(scope="module")

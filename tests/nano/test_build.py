@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from weightshop.nano import family, world
+from weightshop.models import builtin
+from weightshop.nano import world
 from weightshop.nano.build import Build, run_build, smoke_recipe
 from weightshop.nano.probe import ProbeRecipe, canonical, labels, relevant, score, train_probe
 
@@ -41,28 +42,28 @@ def test_packaged_family_loads_through_the_standard_loaders(smoke):
     assert direct.config.is_distilled and direct.vae_scale_factor == 4
     # Turbo's shared components are links to Raw's: stored once, like the real release's shared VAE/encoder
     assert (root / "weights" / "krea2-nano-turbo" / "vae").is_symlink()
-    manifest = json.loads((root / "weights" / "manifest.json").read_text())
-    assert manifest["links"]["krea2-nano-turbo/vae"] == "../krea2-nano-raw/vae"
-    assert not any(f.startswith("krea2-nano-turbo/vae/") for f in manifest["files"])
+    checksums = json.loads((root / "weights" / "checksums.json").read_text())
+    assert checksums["links"]["krea2-nano-turbo/vae"] == "../krea2-nano-raw/vae"
+    assert not any(f.startswith("krea2-nano-turbo/vae/") for f in checksums["files"])
 
 
-def test_manifest_detects_a_changed_file(smoke, tmp_path):
+def test_checksums_detect_a_changed_file(smoke, tmp_path):
     import shutil
 
     root, _ = smoke
     copy = tmp_path / "weights"
     shutil.copytree(root / "weights", copy, symlinks=True)
-    assert family.verify(copy) == []
+    assert builtin.verify(copy) == []
     followed = tmp_path / "followed"  # what cp -r or a wheel makes of the links: real copies, still intact
     shutil.copytree(root / "weights", followed)
-    assert not (followed / "krea2-nano-turbo" / "vae").is_symlink() and family.verify(followed) == []
+    assert not (followed / "krea2-nano-turbo" / "vae").is_symlink() and builtin.verify(followed) == []
     target = next((copy / "krea2-nano-raw" / "transformer").glob("*.safetensors"))
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
-    assert family.verify(copy) == [f"krea2-nano-raw/transformer/{target.name}: sha256 mismatch"]
+    assert builtin.verify(copy) == [f"krea2-nano-raw/transformer/{target.name}: sha256 mismatch"]
     (copy / "krea2-nano-turbo" / "tokenizer").unlink()
-    assert "krea2-nano-turbo/tokenizer: missing (should link to ../krea2-nano-raw/tokenizer)" in family.verify(copy)
+    assert "krea2-nano-turbo/tokenizer: missing (should link to ../krea2-nano-raw/tokenizer)" in builtin.verify(copy)
 
 
 def test_finished_stages_are_skipped(smoke):
@@ -171,12 +172,12 @@ def test_score_counts_only_what_a_prompt_specifies():
 
 
 def test_committed_probe_meets_its_accuracy_target():
-    if not family.installed():
+    if not builtin.installed():
         pytest.skip("krea2-nano weights not built yet (weightshop nano build)")
-    from weightshop.nano.evaluate import load_probe
+    from weightshop.nano.probe import load_probe
     from weightshop.nano.probe import clean_accuracy
 
-    accuracy = clean_accuracy(load_probe(family.PROBE_DIR), n=300)
+    accuracy = clean_accuracy(load_probe(builtin.PROBE_DIR), n=300)
     assert min(accuracy.values()) >= 0.98, accuracy
 
 
@@ -186,7 +187,7 @@ def test_a_probe_from_another_world_is_refused_by_name(smoke, tmp_path):
     import shutil
 
     from weightshop.errors import WeightshopError
-    from weightshop.nano.evaluate import load_probe
+    from weightshop.nano.probe import load_probe
 
     root, _ = smoke
     shutil.copytree(root / "weights" / "probe", tmp_path / "probe")
@@ -217,12 +218,12 @@ def test_single_frame_vae_path_is_exact():
 
 
 def test_committed_family_is_intact_and_loads():
-    if not family.installed():
+    if not builtin.installed():
         pytest.skip("krea2-nano weights not built yet (weightshop nano build)")
     from weightshop.models.loading import load_model
 
-    assert family.verify() == []
-    manifest = json.loads(family.MANIFEST.read_text())
+    assert builtin.verify() == []
+    manifest = json.loads((builtin.WEIGHTS / builtin.CHECKSUMS).read_text())
     assert manifest["total_bytes"] <= 40 * 2**20
     turbo = load_model("krea2-nano-turbo", dtype="fp32")
     assert turbo.checkpoint.name == "turbo" and turbo.pipeline.config.is_distilled
@@ -247,7 +248,7 @@ def test_demo_runs_on_a_packaged_nano_family(smoke, tmp_path):
     assert curate["excluded"] == ["star_003.png", "star_004.png", "star_005.png"]
     # on a nano family the probe judges the transfer: concept and adherence for every setting
     transfer = summary["stages"]["transfer"]
-    assert "probe" in transfer["scorers"] and "raw_adherence_drop_points" in transfer["acceptance"]
+    assert "probe" in transfer["scorers"] and "raw_adherence_drop_points" in transfer["lora_figures"]
 
 
 def test_the_recipes_text_encoder_binds_and_keeps_words_apart(tmp_path):
@@ -408,17 +409,17 @@ def test_nano_seed_cli_seeds_from_the_committed_family(tmp_path):
     from weightshop.cli.main import app
     from weightshop.io import sha256_file
 
-    if not family.installed():
+    if not builtin.installed():
         pytest.skip("krea2-nano weights not built")
-    record = family.WEIGHTS.parents[3] / "docs" / "benchmarks" / "nano-build-v3.json"
+    record = builtin.WEIGHTS.parents[3] / "docs" / "benchmarks" / "nano-build-v3.json"
     result = CliRunner().invoke(app, ["nano", "seed", "--record", str(record), "--workdir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["seeded"] == ["world", "vae", "text", "probe"]
     seeded = json.loads((tmp_path / "build.json").read_text())
     assert seeded["seeded_from"]["raw_sha256"] == sha256_file(
-        family.RAW_DIR / "transformer" / "diffusion_pytorch_model.safetensors")
+        builtin.RAW_DIR / "transformer" / "diffusion_pytorch_model.safetensors")
     assert sha256_file(tmp_path / "final" / "probe" / "probe.safetensors") == sha256_file(
-        family.PROBE_DIR / "probe.safetensors")
+        builtin.PROBE_DIR / "probe.safetensors")
 
 
 def test_the_card_says_how_raw_began():

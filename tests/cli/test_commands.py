@@ -96,3 +96,33 @@ def test_demo_json(tmp_path):
     assert transfer["recommended_strength"] in (0.5, 1.0, 1.5)
     assert (tmp_path / "transfer" / "transfer.json").is_file() and transfer["comfyui"]
     assert (tmp_path / "report.html").read_text().count("<img") == 1
+
+
+def test_nano_card_without_a_build_record_is_a_clear_error(tmp_path):
+    import pytest
+
+    from weightshop.errors import WeightshopError
+    from weightshop.nano.build import NanoRecipe
+    from weightshop.nano.card import read_build_record, write_card
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "build.json").write_text('{"stages": {')
+    cases = {tmp_path / "nowhere": "does not exist", empty: "has no build record (build.json)",
+             broken: "is not a readable build record"}
+    for workdir, message in cases.items():
+        result = run("nano", "card", "--workdir", workdir)
+        assert result.exit_code == 2, (workdir, result.output, result.exception)
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and str(workdir) in lines[0] and message in lines[0], result.stderr
+        assert "--workdir" in lines[0] and "weightshop nano build" in lines[0]  # what is expected there
+        with pytest.raises(WeightshopError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_build_record(workdir)
+    # Python: a family root without a packaged family fails before anything is measured.
+    record = {"stages": {}, "recipe": {"transformer": {}}}
+    with pytest.raises(WeightshopError, match=f"{empty} holds no packaged nano family"):
+        write_card(empty, record, NanoRecipe())
+    with pytest.raises(WeightshopError, match="not a nano build record"):
+        write_card(empty, {"stages": {}}, NanoRecipe())

@@ -6,7 +6,7 @@ nano-Raw and nano-Turbo at strength 1 and lets the probe judge them: star hit ra
 attributes, and the hit rate by composition (alone / beside another object). One JSON line per recipe goes to
 OUT/results.jsonl; a recipe already there is skipped, so an interrupted sweep resumes.
 
-    python scripts/star_recipes.py --out weightshop-out/recipes demo seed1:schedule.seed=1 \
+    python experiments/star_recipes.py --out weightshop-out/recipes demo seed1:schedule.seed=1 \
         ema:optim.ema=0.99 minsnr:schedule.loss_weighting=min_snr
 
 A recipe is NAME or NAME:KEY=VALUE,KEY=VALUE (the `weightshop train --set` syntax). Takes about 5-6 minutes per
@@ -28,15 +28,14 @@ import numpy as np
 
 from weightshop import demo
 from weightshop.generate import GenerateRequest, generate
+from weightshop.judge import concept_present, other_attribute_accuracy
 from weightshop.lora.apply import LoraRequest
+from weightshop.models import builtin
 from weightshop.models.loading import load_pair
-from weightshop.nano import family
 from weightshop.nano.domain import composition
-from weightshop.nano.evaluate import load_probe
-from weightshop.nano.probe import predict
+from weightshop.nano.probe import load_probe, predict
 from weightshop.train import train
 from weightshop.transfer.run import make_jobs
-from weightshop.transfer.scorers import concept_present, other_attribute_accuracy
 
 CONCEPT = "star"
 
@@ -108,19 +107,19 @@ def main() -> None:
     parser.add_argument("--raw-strengths", default="1", help="Raw is judged at each of these strengths")
     parser.add_argument("--mirror", action="store_true", help="add left-right mirrored copies to the set")
     parser.add_argument("--all-captions", action="store_true", help="each image once per caption of its scene")
-    parser.add_argument("--family", type=Path, default=family.WEIGHTS, help="a packaged nano family (default: the committed one)")
+    parser.add_argument("--family", type=Path, default=builtin.WEIGHTS, help="a packaged nano family (default: the committed one)")
     args = parser.parse_args()
     work, results = args.out, args.out / "results.jsonl"
     work.mkdir(parents=True, exist_ok=True)
     done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.is_file() else set()
-    raw_dir, turbo_dir, probe_dir = family.paths(args.family)
+    raw_dir, turbo_dir, probe_dir = builtin.paths(args.family)
     pair = load_pair(raw_dir, turbo_dir, dtype="fp32")
     if not (work / "curate" / "dataset.json").is_file():
         if args.mirror:
             import weightshop.nano.domain as domain
 
             domain.write_domain_set = mirrored_set(domain.write_domain_set)
-        demo._curate(Path(pair.raw.source.transformer), work, lambda *a: None, CONCEPT)
+        demo.curate_concept_set(Path(pair.raw.source.transformer), work, lambda *a: None, CONCEPT)
         if args.all_captions:
             all_captions(work / "curate", CONCEPT)
     probe = load_probe(probe_dir)

@@ -89,7 +89,7 @@ def test_the_loss_is_the_weighted_velocity_error_at_the_sampled_timesteps(tmp_pa
 
     from weightshop.models.latents import pack_latents
     from weightshop.models.schedule import loss_weights
-    from weightshop.train.trainer import flow_matching_loss
+    from weightshop.train.step import flow_matching_loss
 
     g = torch.Generator().manual_seed(0)
     files = ["a", "b", "c", "d"]

@@ -171,3 +171,17 @@ def test_lora_request_parsing(tmp_path):
     assert LoraRequest.parse("a/b.safetensors:0.8").strength == 0.8
     assert LoraRequest.parse("c:/x/b.safetensors").strength == 1.0
     assert LoraRequest.parse("b.safetensors:-1").strength == -1.0
+
+
+def test_lora_files_are_checked_by_the_request_before_any_model(tmp_path):
+    """validate() (run by the CLI before it loads the model) reads LoRA headers only and names the problem."""
+    with pytest.raises(WeightshopError, match="bad LoRA strength 'abc' in 'F:abc'"):
+        LoraRequest.parse("F:abc")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "p.safetensors")
+    save_file({"img_in.weight": torch.zeros(2, 2)}, str(tmp_path / "full.safetensors"))
+    for name, message in (("p.safetensors", "never unpickles"), ("full.safetensors", "has no LoRA tensors"),
+                          ("gone.safetensors", "does not exist")):
+        with pytest.raises(WeightshopError, match=message):
+            GenerateRequest(prompts=["x"], loras=[LoraRequest(tmp_path / name)]).validate()
+    with pytest.raises(WeightshopError, match="not a finite number"):
+        GenerateRequest(prompts=["x"], loras=[LoraRequest(tmp_path / "full.safetensors", float("inf"))]).validate()

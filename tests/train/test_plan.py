@@ -2,7 +2,6 @@
 prediction checked against the real peak of training steps measured on CPU."""
 
 import json
-from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -10,11 +9,26 @@ from typer.testing import CliRunner
 from weightshop.cli.main import app
 from weightshop.errors import WeightshopError
 from weightshop.train import load_config
-from weightshop.train.plan import (GiB, RunSettings, activation_dtypes, base_weight_bytes, count_parameters,
-                                   full_size_shape, measure_training_step, model_shape, parse_gpu, plan, predict,
-                                   quantized_bytes)
+from weightshop.models.shape import full_size_shape, model_shape
+from weightshop.train.plan import (GiB, activation_dtypes, base_weight_bytes, count_parameters, measure_training_step,
+                                   parse_gpu, plan, predict, quantized_bytes)
 
 MiB = 2**20
+FIELDS = {"model_dtype": "model.dtype", "autocast": "memory.autocast", "base_dtype": "memory.base_dtype",
+          "checkpointing": "memory.gradient_checkpointing", "rank": "lora.rank", "targets": "lora.targets",
+          "dora": "lora.dora", "batch_size": "schedule.batch_size", "grad_accum": "schedule.grad_accum",
+          "text_fusion": "lora.text_fusion"}
+
+
+def run(model_dtype="bf16", **fields):
+    """A run config (the trainer's TrainConfig) with the memory-relevant fields given by short names."""
+    overrides = [f"{FIELDS[k]}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in
+                 {"model_dtype": model_dtype, **fields}.items()]
+    return load_config(overrides=["data.manifest=(planning)", *overrides])
+
+
+def lora(targets="krea-default", rank=32):
+    return run(targets=targets, rank=rank)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +54,11 @@ def test_parse_gpu():
 
 def test_full_size_counts_come_from_the_meta_model(full):
     """KREA2.md: 12,820,073,036 parameters; krea-default targets = 232 Linears, 95.9 M LoRA parameters at rank 32."""
-    counts = count_parameters(full, "krea-default", 32)
+    counts = count_parameters(full, lora("krea-default", 32))
     assert counts.total == 12_820_073_036
     assert len(counts.lora_modules) == 232
     assert round(counts.lora / 1e5) == 959
-    assert round(count_parameters(full, "attention", 32).lora / 1e6) == 50  # KREA2.md: attention-only 50 M
+    assert round(count_parameters(full, lora("attention", 32)).lora / 1e6) == 50  # KREA2.md: attention-only 50 M
     assert counts.quantizable_linears == 28 * 8  # q k v gate out + the MLP gate up down, in every block
     # Image tokens from the VAE scale and patch size: 1024 px -> (1024 / 16)^2.
     assert (full.vae_scale_factor, full.patch_size, full.max_sequence_length) == (8, 2, 512)
@@ -54,7 +68,7 @@ def test_full_size_counts_come_from_the_meta_model(full):
 
 
 def test_quantized_base_bytes(full):
-    counts = count_parameters(full, "krea-default", 32)
+    counts = count_parameters(full, lora("krea-default", 32))
     bf16 = base_weight_bytes(counts, "bf16")
     blocks_bf16 = 2 * counts.quantizable
     fp8 = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, "fp8")
@@ -71,14 +85,14 @@ def test_quantized_base_bytes(full):
 
 
 def test_activation_formula_scales_as_it_should(full):
-    base = RunSettings(model_dtype="bf16", batch_size=1)
+    base = run(model_dtype="bf16", batch_size=1)
     one = predict(base, full, 1024)
-    two = predict(replace(base, batch_size=2), full, 1024)
+    two = predict(run(model_dtype="bf16", batch_size=2), full, 1024)
     assert two.parts["activations"] == 2 * one.parts["activations"]  # every term is per token
     assert two.parts["base weights"] == one.parts["base weights"]
     layers = full.config["num_layers"]
     blocks = one.activation_terms["transformer blocks"]
-    ckpt = predict(replace(base, checkpointing=True), full, 1024).activation_terms
+    ckpt = predict(run(model_dtype="bf16", checkpointing=True), full, 1024).activation_terms
     kept = ckpt["block inputs (checkpointed)"] + ckpt["one block recomputed in backward"]
     assert ckpt["one block recomputed in backward"] == blocks / layers  # uniform blocks
     assert layers / 2 < blocks / kept < layers  # checkpointing cuts block activations by ~the number of layers
@@ -87,21 +101,21 @@ def test_activation_formula_scales_as_it_should(full):
     assert blocks / small == pytest.approx((4096 + 512) / (1024 + 512))
     # Autocast over an fp32 base keeps bf16 copies of the frozen weights; over a bf16 base it does not.
     assert activation_dtypes("fp32", "bf16").weight_casts and not activation_dtypes("bf16", "bf16").weight_casts
-    fp32 = predict(RunSettings(model_dtype="fp32", autocast="bf16"), full, 512).activation_terms
+    fp32 = predict(run(model_dtype="fp32", autocast="bf16"), full, 512).activation_terms
     assert fp32["bf16 copies of frozen weights (autocast)"] == 2 * sum(count_parameters(
-        full, "krea-default", 32).block_linear_weights)
+        full, lora("krea-default", 32)).block_linear_weights)
 
 
 def test_full_size_against_the_published_h100_figure(full):
     """SimpleTuner, H100, bf16, 1024 px, batch 1: 33 GiB (31 GiB at 512 px). Checkpointed bf16 should land near."""
-    run = RunSettings(model_dtype="bf16", checkpointing=True)
-    assert 30 * GiB < predict(run, full, 1024).total < 37 * GiB
-    assert 28 * GiB < predict(run, full, 512).total < 35 * GiB
+    cfg = run(model_dtype="bf16", checkpointing=True)
+    assert 30 * GiB < predict(cfg, full, 1024).total < 37 * GiB
+    assert 28 * GiB < predict(cfg, full, 512).total < 35 * GiB
 
 
 def test_suggestions_are_re_predicted_and_stop_at_the_first_fit(full):
     gpu = parse_gpu("24GB")
-    result = plan(RunSettings(model_dtype="fp32", batch_size=2), full, 1024, gpu_bytes=gpu)
+    result = plan(run(model_dtype="fp32", batch_size=2), full, 1024, gpu_bytes=gpu)
     assert result.fits is False and result.suggestions
     tips = result.suggestions
     assert [t.change.split(" (")[0] for t in tips[:3]] == [
@@ -114,15 +128,15 @@ def test_suggestions_are_re_predicted_and_stop_at_the_first_fit(full):
     # Each row's total is the predictor's answer for that row's settings, not a guess.
     last = primary[-1]
     cfg = load_config(overrides=["data.manifest=m.json", "schedule.batch_size=2", *last.sets])
-    assert predict(RunSettings.from_config(cfg), full, *last.resolution, gpu).total == last.total
-    assert plan(RunSettings(model_dtype="bf16", checkpointing=True), full, 1024, gpu_bytes=parse_gpu("H100")).fits
+    assert predict(cfg, full, *last.resolution, gpu).total == last.total
+    assert plan(run(model_dtype="bf16", checkpointing=True), full, 1024, gpu_bytes=parse_gpu("H100")).fits
 
 
 def test_unknown_base_dtype_and_bad_size_are_explained(full):
     with pytest.raises(WeightshopError, match="memory.base_dtype"):
-        predict(RunSettings(base_dtype="int3"), full, 1024)
+        predict(run(base_dtype="int3"), full, 1024)
     with pytest.raises(WeightshopError, match="multiple of 16"):
-        predict(RunSettings(), full, 1000)
+        predict(run(), full, 1000)
 
 
 def test_shape_of_a_model_directory(tiny_dirs):
@@ -132,7 +146,7 @@ def test_shape_of_a_model_directory(tiny_dirs):
     shape = model_shape(str(tiny_dirs[0]))
     assert shape.vae_scale_factor == 4  # the tiny VAE is f4: never assume 8
     model = load_model(tiny_dirs[0], dtype="fp32").pipeline.transformer
-    counts = count_parameters(shape, "krea-default", 4)
+    counts = count_parameters(shape, lora("krea-default", 4))
     assert counts.total == sum(p.numel() for p in model.parameters())
     names = resolve_targets(model, "krea-default")
     assert counts.lora == lora_parameter_count(model, names, 4) and len(counts.lora_modules) == len(names)
@@ -145,16 +159,19 @@ def test_shape_of_a_model_directory(tiny_dirs):
 # adds (activations, grads, transients) within 15 % (seen: -7 % .. +8 %); the whole peak within 10 %.
 # docs/memory.md has the full table.
 CASES = [
-    (64, RunSettings(model_dtype="fp32", rank=8)),
-    (128, RunSettings(model_dtype="fp32", rank=8, batch_size=2)),
-    (128, RunSettings(model_dtype="fp32", rank=8, batch_size=2, checkpointing=True)),
-    (128, RunSettings(model_dtype="bf16", autocast="bf16", rank=8, checkpointing=True)),
-    (128, RunSettings(model_dtype="bf16", base_dtype="fp8", rank=8)),
+    (64, run(model_dtype="fp32", rank=8)),
+    (128, run(model_dtype="fp32", rank=8, batch_size=2)),
+    (128, run(model_dtype="fp32", rank=8, batch_size=2, checkpointing=True)),
+    (128, run(model_dtype="bf16", autocast="bf16", rank=8, checkpointing=True)),
+    (128, run(model_dtype="bf16", base_dtype="fp8", rank=8)),
+    # DoRA keeps the frozen and the LoRA outputs per adapted Linear (predicted 0.73 of the peak before that term)
+    (128, run(model_dtype="fp32", rank=8, dora=True, grad_accum=2)),
 ]
 
 
 @pytest.mark.parametrize("size,run", CASES, ids=lambda c: str(c) if isinstance(c, int) else
-                         f"{c.model_dtype}-{c.autocast}-{c.base_dtype}-b{c.batch_size}-ckpt{int(c.checkpointing)}")
+                         f"{c.model.dtype}-{c.memory.autocast}-{c.memory.base_dtype}-b{c.schedule.batch_size}"
+                         f"-ckpt{int(c.memory.gradient_checkpointing)}{'-dora' if c.lora.dora else ''}")
 def test_prediction_matches_a_measured_step(nano, size, run):
     measured = measure_training_step(nano, run, size)
     predicted = predict(run, nano, size)
@@ -192,18 +209,17 @@ def test_cli_json_and_table(tmp_path):
 
 def test_prediction_matches_the_recorded_full_size_gpu_peaks():
     """docs/benchmarks/gpu-train-h200.json: the trainer's step on full-size Krea 2 (random weights) on an H200,
-    written by scripts/gpu_check.sh. The plan must predict each allocator peak within 5 %."""
+    written by experiments/gpu_check.sh. The plan must predict each allocator peak within 5 %."""
     import json
     from pathlib import Path
 
-    from weightshop.train.plan import RunSettings, full_size_shape, predict
 
-    record = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "gpu-train-h200.json").read_text())
+    record = json.loads((Path(__file__).parents[2] / "docs" / "benchmarks" / "gpu-train-h200.json").read_text())
     rows = [r for r in record["rows"] if "peak_gib" in r and not r["compile"]]
     assert len(rows) == 6
     shape = full_size_shape()
     for r in rows:
-        settings = RunSettings(model_dtype="bf16", autocast="bf16", base_dtype="none" if r["base"] == "bf16" else r["base"],
+        settings = run(model_dtype="bf16", autocast="bf16", base_dtype="none" if r["base"] == "bf16" else r["base"],
                                checkpointing=r["checkpointing"], rank=r["rank"], targets=r["targets"],
                                batch_size=r["batch_size"])
         predicted = predict(settings, shape, r["resolution"]).allocated / 2**30
@@ -211,22 +227,56 @@ def test_prediction_matches_the_recorded_full_size_gpu_peaks():
 
 
 def test_prediction_matches_the_recorded_h100_peaks_of_the_float8_matmul_base():
-    """docs/benchmarks/gpu-train-h100.json, run 2 (scripts/gpu_check.sh on an H100): the bf16 and fp8-mm bases at
+    """docs/benchmarks/gpu-train-h100.json, run 2 (experiments/gpu_check.sh on an H100): the bf16 and fp8-mm bases at
     1024 px; fp8-mm keeps no upcast weight for backward, which the plan must see (predicted lower than fp8)."""
     import json
     from pathlib import Path
 
-    from weightshop.train.plan import RunSettings, full_size_shape, predict
 
-    record = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "gpu-train-h100.json").read_text())
+    record = json.loads((Path(__file__).parents[2] / "docs" / "benchmarks" / "gpu-train-h100.json").read_text())
     rows = [r for r in record["runs"][1]["report"]["rows"] if not r["compile"]]
     assert {r["base"] for r in rows} == {"bf16", "fp8-mm"}
     shape = full_size_shape()
     predicted = {}
     for base in ("none", "fp8", "fp8-mm"):
-        settings = RunSettings(model_dtype="bf16", autocast="bf16", base_dtype=base, checkpointing=True, rank=32,
+        settings = run(model_dtype="bf16", autocast="bf16", base_dtype=base, checkpointing=True, rank=32,
                                targets="krea-default", batch_size=1)
         predicted[base] = predict(settings, shape, 1024).allocated / 2**30
     for r in rows:
         assert predicted["none" if r["base"] == "bf16" else r["base"]] == pytest.approx(r["peak_gib"], rel=0.05), r
     assert predicted["fp8-mm"] < predicted["fp8"] - 0.5
+
+
+# --- one config the whole way --------------------------------------------------------------------------
+
+
+def test_plan_calibration_and_the_trainer_build_the_same_run_for_dora_with_accumulation(
+        tiny_dirs, tmp_path, monkeypatch):
+    """`weightshop plan` counts, its calibration step measures and the trainer trains one TrainConfig: a DoRA run with
+    gradient accumulation gets the same adapted modules and DoRA magnitudes in all three, and the measured step takes
+    grad_accum micro-batches as the trainer does (it used to measure a plain LoRA with one micro-batch)."""
+    from weightshop.models.loading import load_transformer, resolve_source
+    from weightshop.train import step as step_module
+    from weightshop.train.setup import prepare
+    from weightshop.train.synthetic import trainer_step
+
+    cfg = run(model_dtype="fp32", dora=True, grad_accum=3, rank=4, targets="attention")
+    shape = model_shape(str(tiny_dirs[0]))
+    trained = prepare(load_transformer(resolve_source(str(tiny_dirs[0]))), cfg, "cpu")  # what `train` runs
+    measured = trainer_step(cfg, shape.config, 32, vae_scale=shape.vae_scale_factor, text_tokens=8)
+    counted = count_parameters(shape, cfg)
+
+    def adapter(model):
+        return {n.replace(".weightshop", ""): tuple(p.shape) for n, p in model.named_parameters() if "lora_" in n}
+
+    assert adapter(trained.model) == adapter(measured.model)
+    assert any("lora_magnitude_vector" in n for n in adapter(measured.model))  # DoRA, not plain LoRA
+    assert counted.lora == sum(p.numel() for p in measured.params) == sum(p.numel() for p in trained.params)
+    assert list(counted.lora_modules) == sorted(measured.names) == sorted(trained.names)
+
+    calls = []
+    real = step_module.flow_matching_loss
+    monkeypatch.setattr(step_module, "flow_matching_loss", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    measured()
+    assert calls == [0, 1, 2]  # the micro-batches of one optimizer step
+    assert predict(cfg, shape, 32).settings["dora"] and predict(cfg, shape, 32).lora_parameters == counted.lora

@@ -7,8 +7,6 @@ import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from weightshop.models.schedule import (
-    KREA2_SHIFT,
-    TURBO_MU,
     base_sigmas,
     euler_step,
     image_tokens,
@@ -18,7 +16,7 @@ from weightshop.models.schedule import (
     time_shift,
     velocity_target,
 )
-from weightshop.models.spec import KREA2, RAW, TURBO
+from weightshop.models.spec import KREA2, KREA2_SHIFT, RAW, TURBO
 
 
 @pytest.mark.parametrize("tokens, mu", [(256, 0.5), (4096, 0.90625), (6400, 1.15)])
@@ -34,7 +32,7 @@ def test_image_tokens_at_1024_is_4096_and_raw_mu_is_0906():
 
 @pytest.mark.parametrize("side", [256, 512, 1024, 1280, 2048])
 def test_turbo_mu_is_fixed(side):
-    assert TURBO.preset.mu_for(side, side) == TURBO_MU == 1.15
+    assert TURBO.preset.mu_for(side, side) == TURBO.preset.mu == 1.15
 
 
 def test_presets_match_the_release():

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from weightshop.errors import WeightshopError
-from weightshop.transfer import (Job, ProbeScorer, SweepPoint, TrainingSetDistance, parse_seeds, parse_strengths,
-                                 recommend_strength, run_transfer, transfer_ratio)
+from weightshop.judge import Job, ProbeScorer, TrainingSetDistance
+from weightshop.transfer import SweepPoint, parse_seeds, parse_strengths, recommend_strength, run_transfer, transfer_ratio
 from weightshop.transfer.comfyui import comfy_simple_sigmas, turbo_lora_workflow, validate_workflow
 
 ATTENTION = (".attn.to_q", ".attn.to_k", ".attn.to_v", ".attn.to_out.0")
@@ -112,7 +112,7 @@ def test_jobs_follow_the_training_captions():
 
 def test_training_set_distance_ranks_the_concept_first(train_dir):
     from weightshop.nano import world
-    from weightshop.transfer.scorers import load_training_images
+    from weightshop.transfer.training_images import load_training_images
 
     def renders(n, heldout):
         return [world.render(s) for s, _ in world.prompt_suite(n, seed=9, heldout=heldout)]
@@ -179,9 +179,9 @@ def test_the_probe_is_found_in_a_packaged_family(tmp_path, lora):
     save(Probe(8).state_dict(), str(tmp_path / "probe" / "probe.safetensors"))
     (tmp_path / "probe" / "config.json").write_text(json.dumps(
         {"width": 8, "attributes": world.label_space()}))
-    with pytest.raises(WeightshopError, match="no way to score"):  # not packaged: no manifest
+    with pytest.raises(WeightshopError, match="no way to score"):  # not packaged: no checksums.json
         default_scorers("star", tmp_path, None, lora)
-    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "checksums.json").write_text("{}")
     scorers, _ = default_scorers("star", tmp_path, None, lora)
     assert [s.name for s in scorers] == ["probe"]
     images = [Image.new("RGB", (32, 32), "black")] * 2  # any size: resized to the probe's 64 px
@@ -322,7 +322,7 @@ def test_training_images_are_found_from_the_run_beside_the_lora(tmp_path, train_
     import yaml
 
     from weightshop.data import check_dataset, write_manifest
-    from weightshop.transfer.scorers import load_training_images, training_source_for_lora
+    from weightshop.transfer.training_images import load_training_images, training_source_for_lora
 
     manifest = write_manifest(check_dataset(train_dir, target_area=64 * 64, multiple=8, ocr=False), tmp_path / "set")
     run = tmp_path / "run"
@@ -355,10 +355,11 @@ def test_the_striped_caveat_is_true_of_the_committed_vae(tmp_path, lora):
     striped fill into haze (if a later family's VAE resolves stripes, the caveat must go)."""
     from diffusers import AutoencoderKLQwenImage
 
-    from weightshop.nano import family, world
+    from weightshop.models import builtin
+    from weightshop.nano import world
     from weightshop.transfer.run import PROBE_CAVEATS, default_scorers
 
-    raw_dir = family.paths(family.WEIGHTS)[0]
+    raw_dir = builtin.paths(builtin.WEIGHTS)[0]
     vae = AutoencoderKLQwenImage.from_pretrained(raw_dir / "vae").eval()
     big = world.ObjectSpec("square", "white", "large", "striped")
     image = world.render(world.Scene((big,), "black", position="center", seed=3))
@@ -369,6 +370,6 @@ def test_the_striped_caveat_is_true_of_the_committed_vae(tmp_path, lora):
     before = x[0, :, 0, inside, inside].mean(0).std()
     after = back[:, inside, inside].mean(0).std()
     assert before > 0.5 and after < 0.35 * before, (float(before), float(after))
-    _, notes = default_scorers("striped", family.WEIGHTS, None, lora)
+    _, notes = default_scorers("striped", builtin.WEIGHTS, None, lora)
     assert PROBE_CAVEATS["striped"] in notes
-    assert not any("VAE" in n for n in default_scorers("star", family.WEIGHTS, None, lora)[1])
+    assert not any("VAE" in n for n in default_scorers("star", builtin.WEIGHTS, None, lora)[1])

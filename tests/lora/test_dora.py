@@ -15,8 +15,8 @@ from weightshop.lora.formats import CanonicalLora, LoraModule, adapted_weight, l
 from weightshop.lora.inspect import inspect_lora
 from weightshop.lora.ops import combine, merge_file, merge_into, resize
 from weightshop.models.loading import load_model
-from test_lora_formats import make_lora
-from test_lora_ops import pixels, transformer_out
+from tests.lora.test_formats import make_lora
+from tests.lora.test_ops import pixels, transformer_out
 
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0")
 

@@ -1,11 +1,13 @@
-"""Where the committed krea2-nano weights live, and their integrity check.
+"""The built-in models: krea2-nano's committed weights, their names, and their integrity check.
 
-Layout (Hugging Face diffusers directories, loadable with Krea2Pipeline.from_pretrained):
-  weights/krea2-nano-raw/     complete pipeline: model_index.json, transformer/, vae/, text_encoder/,
-                              tokenizer/, scheduler/, weightshop.json
-  weights/krea2-nano-turbo/   the same, with the distilled transformer and is_distilled = true
-  weights/probe/              the probe classifier (safetensors + config.json)
-  weights/manifest.json       sha256 and size of every file above
+weightshop.nano is the recipe that trains them; this module only knows where a packaged family lives, so
+loading a built-in name never imports the recipe. Layout of a packaged family (Hugging Face diffusers
+directories, loadable with Krea2Pipeline.from_pretrained):
+  krea2-nano-raw/     complete pipeline: model_index.json, transformer/, vae/, text_encoder/, tokenizer/,
+                      scheduler/, weightshop.json (the model's defaults)
+  krea2-nano-turbo/   the same, with the distilled transformer and is_distilled = true
+  probe/              the shapes-world probe classifier (safetensors + config.json)
+  checksums.json      sha256 and size of every file above, and the links between the two pipelines
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import json
 from pathlib import Path
 
 from weightshop.errors import WeightshopError
-from weightshop.io import sha256_file
+from weightshop.io import atomic_write_json, sha256_file
 
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = Path(__file__).parents[1] / "nano" / "weights"  # package data, written by `weightshop nano build`
 RAW_DIR = WEIGHTS / "krea2-nano-raw"
 TURBO_DIR = WEIGHTS / "krea2-nano-turbo"
 PROBE_DIR = WEIGHTS / "probe"
-MANIFEST = WEIGHTS / "manifest.json"
+CHECKSUMS = "checksums.json"
 
 NAMES = {"krea2-nano": RAW_DIR, "krea2-nano-raw": RAW_DIR, "krea2-nano-turbo": TURBO_DIR}
 
@@ -31,7 +33,13 @@ def paths(root: Path = WEIGHTS) -> tuple[Path, Path, Path]:
 
 
 def installed(root: Path = WEIGHTS) -> bool:
-    return (root / "manifest.json").is_file()
+    return (root / CHECKSUMS).is_file()
+
+
+def packaged_probe(root: Path) -> Path | None:
+    """The probe directory packaged in the family at `root`, or None when root is not a packaged family with one."""
+    probe = paths(Path(root))[2]
+    return probe if installed(Path(root)) and (probe / "probe.safetensors").is_file() else None
 
 
 def model_dir(name: str) -> Path:
@@ -59,36 +67,35 @@ def _walk(root: Path) -> tuple[list[Path], dict[str, str]]:
     return files, links
 
 
-def write_manifest(root: Path) -> dict:
+def write_checksums(root: Path) -> dict:
+    """Record the sha256 and size of every file of a packaged family, and its links, in root/checksums.json."""
     files, links = _walk(root)
-    files = [p for p in files if p.name != "manifest.json"]
-    manifest = {"files": {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                          for p in files}, "links": links}
-    manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-    from weightshop.io import atomic_write_json
-
-    atomic_write_json(root / "manifest.json", manifest)
-    return manifest
+    files = [p for p in files if p.name != CHECKSUMS]
+    checksums = {"files": {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                           for p in files}, "links": links}
+    checksums["total_bytes"] = sum(f["bytes"] for f in checksums["files"].values())
+    atomic_write_json(root / CHECKSUMS, checksums)
+    return checksums
 
 
 def verify(root: Path = WEIGHTS) -> list[str]:
-    """Files whose sha256 differs from the manifest, or that are missing (empty when intact)."""
-    manifest = json.loads((root / "manifest.json").read_text())
+    """Files whose sha256 differs from checksums.json, or that are missing (empty when intact)."""
+    checksums = json.loads((root / CHECKSUMS).read_text())
     bad = []
-    for rel, meta in manifest["files"].items():
+    for rel, meta in checksums["files"].items():
         path = root / rel
         if not path.is_file():
             bad.append(f"{rel}: missing")
         elif sha256_file(path) != meta["sha256"]:
             bad.append(f"{rel}: sha256 mismatch")
-    for rel, target in manifest.get("links", {}).items():
+    for rel, target in checksums.get("links", {}).items():
         link = root / rel
         if link.is_symlink():
             if str(link.readlink()) != target or not link.exists():
                 bad.append(f"{rel}: should link to {target}")
         elif link.is_dir():  # a copy that followed the link (cp -r, a wheel): must equal its target
             source = (link.parent / target).resolve().relative_to(root.resolve())
-            expected = {k[len(str(source)) + 1:]: v["sha256"] for k, v in manifest["files"].items()
+            expected = {k[len(str(source)) + 1:]: v["sha256"] for k, v in checksums["files"].items()
                         if k.startswith(f"{source}/")}
             actual = {str(p.relative_to(link)): sha256_file(p) for p in link.rglob("*") if p.is_file()}
             if actual != expected:

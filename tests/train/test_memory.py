@@ -13,7 +13,7 @@ from weightshop.errors import WeightshopError
 from weightshop.train import train
 from weightshop.train.memory import store_base, weight_bytes
 
-from test_train import config, manifest_path  # noqa: F401  (fixture)
+from tests.train.test_trainer import config, manifest_path  # noqa: F401  (fixture)
 
 
 def _block_linear_bytes(transformer) -> int:
@@ -138,9 +138,10 @@ def test_fp8_linear_is_the_scaled_float8_weight_and_beats_an_unscaled_cast():
 def test_an_fp8_base_trains_under_checkpointing_and_regional_compile(base):
     """The combination the H200 check failed on (CheckpointError: recomputed float8 vs saved bf16), and the
     float8-matmul base that met the H100 goal with it (docs/benchmarks.md)."""
-    from weightshop.bench.train_step import measure, nano_config
+    from weightshop.bench.train_step import measure
+    from weightshop.models.shape import model_shape
 
-    row = measure(32, base, config=nano_config(), device="cpu", steps=1, warmup=1, rank=4, checkpointing=True,
+    row = measure(32, base, config=model_shape("krea2-nano").config, device="cpu", steps=1, warmup=1, rank=4, checkpointing=True,
                   compile=True, vae_scale=4, text_tokens=8)
     assert row["loss_finite"] and row["grad_norm"] > 0
 
