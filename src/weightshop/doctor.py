@@ -52,6 +52,8 @@ def hf_cache_dir() -> str:
 def collect() -> dict:
     import torch
 
+    from weightshop.models.loading import cpu_threads
+
     report: dict = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -60,6 +62,8 @@ def collect() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "cuda_version": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
+        # what training and generation use on the CPU (models.loading.cpu_threads): fewer than torch's default
+        "cpu_threads_used": cpu_threads(),
         "gpus": [],
     }
     for i in range(torch.cuda.device_count()):

@@ -65,7 +65,10 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     return path
 
 
-def read_json(path: str | os.PathLike, missing: Any = None) -> Any:
+_NO_FILE = object()
+
+
+def read_json(path: str | os.PathLike, missing: Any = _NO_FILE) -> Any:
     """A JSON file's content; `missing` (default {}) when the file does not exist; a clear error when it is not JSON."""
     from weightshop.errors import WeightshopError
 
@@ -73,7 +76,7 @@ def read_json(path: str | os.PathLike, missing: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        return {} if missing is None else missing
+        return {} if missing is _NO_FILE else missing
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
         reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"

@@ -126,3 +126,39 @@ def test_nano_card_without_a_build_record_is_a_clear_error(tmp_path):
         write_card(empty, record, NanoRecipe())
     with pytest.raises(WeightshopError, match="not a nano build record"):
         write_card(empty, {"stages": {}}, NanoRecipe())
+
+
+def test_progress_in_a_log_shows_rate_and_time_left(capsys, monkeypatch):
+    """Not a terminal (a log, CI): each line carries this sitting's rate and the time left to the run's total."""
+    import time as time_module
+
+    from weightshop.cli.common import _pace, step_progress
+
+    assert _pace(10, 4.0, 30) == "2.50 it/s, ETA 0m12s"
+    assert _pace(2, 10.0, 720) == "5.00 s/it, ETA 1h00m" and _pace(0, 5.0, 10) == ""
+    clock = iter([0.0, 0.0, 40.0, 80.0])
+    monkeypatch.setattr(time_module, "monotonic", lambda: next(clock))
+    with step_progress("train", every_s=30) as log:
+        log("train", 100, 600, {"loss": 0.5})  # a resumed sitting: starts at step 100 of 600
+        log("train", 140, 600, {"loss": 0.4})
+        log("train", 180, 600, {"loss": 0.3})
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert lines[-1].endswith("train: 180/600 loss 0.3 1.00 it/s, ETA 7m00s"), lines
+
+
+def test_cpu_threads_leave_a_core_free_unless_told(monkeypatch):
+    import os
+
+    from weightshop.models.loading import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert cpu_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_train_help_says_that_running_again_resumes():
+    out = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    assert out.exit_code == 0 and "There is no --resume flag: run the same command again" in " ".join(out.output.split())

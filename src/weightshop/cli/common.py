@@ -137,6 +137,21 @@ def _metrics(metrics: dict | None) -> str:
     return " ".join(f"{k} {v:.4g}" for k, v in (metrics or {}).items() if isinstance(v, (int, float)))
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _pace(done: int, elapsed: float, left: int) -> str:
+    """Rate and time left from this sitting's progress: "2.41 it/s, ETA 3m05s" (or s/it when slower than 1 it/s)."""
+    if done <= 0 or elapsed <= 0:
+        return ""
+    rate = done / elapsed
+    speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+    return f"{speed}, ETA {_duration(left / rate)}" if left > 0 else speed
+
+
 @contextmanager
 def step_progress(description: str, every_s: float = 30.0) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar driven by (label, done, total) callbacks; one task per label.
@@ -148,13 +163,16 @@ def step_progress(description: str, every_s: float = 30.0) -> Iterator[Callable[
         import time
 
         last: dict[str, float] = {}
+        first: dict[str, tuple[float, int]] = {}  # per label: when this sitting's first update came, at which count
         start = time.monotonic()
 
         def log(label: str, done: int, total: int, metrics: dict | None = None) -> None:
             now = time.monotonic()
+            began, base = first.setdefault(label, (now, done))
             if done >= total or now - last.get(label, 0.0) >= every_s:
                 last[label] = now
-                line = f"[{now - start:7.0f}s] {description} {label}: {done}/{total} {_metrics(metrics)}"
+                pace = _pace(done - base, now - began, total - done)
+                line = f"[{now - start:7.0f}s] {description} {label}: {done}/{total} {_metrics(metrics)} {pace}"
                 console.print(" ".join(line.split()), highlight=False, soft_wrap=True)
 
         yield log

@@ -17,8 +17,8 @@ def doctor(as_json: bool = JSON_OPTION) -> None:
     emit(report, as_json)
     if not as_json:
         table = Table(title="weightshop doctor", show_header=False)
-        for key in ("python", "torch", "cuda_available", "cuda_version", "cpu_threads", "cpu_bf16", "diffusers",
-                    "krea2_in_diffusers", "transformers", "peft", "accelerate", "safetensors", "hf_cache",
+        for key in ("python", "torch", "cuda_available", "cuda_version", "cpu_threads", "cpu_threads_used", "cpu_bf16",
+                    "diffusers", "krea2_in_diffusers", "transformers", "peft", "accelerate", "safetensors", "hf_cache",
                     "free_disk_gib"):
             table.add_row(key, str(report[key]))
         for gpu in report["gpus"] or [{"name": "none (CPU only)"}]:
