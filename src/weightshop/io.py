@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +17,29 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write data so that readers see either the old file or the whole new one, never a torn write."""
-    path = Path(path)
+@contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A temporary file beside `path` to write; on success it is synced, given the usual permissions and renamed over
+    `path` (readers see the old file or the whole new one), on failure removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write data so that readers see either the old file or the whole new one, never a torn write."""
+    path = Path(path)
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
     return path
 
 
@@ -50,18 +60,8 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
