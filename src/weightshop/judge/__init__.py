@@ -4,9 +4,9 @@ transfer, training validation and (later) the evaluation harness, quantization d
 all call judges from here, so a number means the same wherever it is reported.
 """
 
-from weightshop.judge.base import ADHERENCE, CONCEPT, Job, Judge
+from weightshop.judge.base import ADHERENCE, CONCEPT, Job, Judge, JudgeIdentity, comparable, means
 from weightshop.judge.distance import TrainingSetDistance, image_statistics, knn_distance
 from weightshop.judge.probe import ProbeScorer, concept_present, other_attribute_accuracy
 
-__all__ = ["ADHERENCE", "CONCEPT", "Job", "Judge", "ProbeScorer", "TrainingSetDistance", "concept_present",
+__all__ = ["ADHERENCE", "CONCEPT", "Job", "Judge", "JudgeIdentity", "ProbeScorer", "comparable", "means", "TrainingSetDistance", "concept_present",
            "image_statistics", "knn_distance", "other_attribute_accuracy"]

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from weightshop.errors import WeightshopError
-from weightshop.judge.base import CONCEPT, Job
+from weightshop.judge.base import CONCEPT, Job, JudgeIdentity
 
 
 STATS_SIDE = 64
@@ -63,6 +63,7 @@ class TrainingSetDistance:
     """
 
     name = "image-stats"
+    identity = JudgeIdentity("image-stats (palette, edge strength and direction histograms)", "", "1")
 
     def __init__(self, train_images: list[Image.Image], k: int = 5, source: str = ""):
         if len(train_images) < 2:
@@ -73,7 +74,12 @@ class TrainingSetDistance:
         self.spread = max(float(knn_distance(self.train, self.train, self.k, exclude_self=True).mean()), 1e-9)
         self.source = source
 
+    def per_image(self, images: list[Image.Image], jobs: list[Job]) -> dict[str, list[float]]:
+        distance = knn_distance(image_statistics(images), self.train, self.k)
+        return {CONCEPT: [float(x) for x in np.exp(-distance / self.spread)], "distance": [float(x) for x in distance]}
+
     def score(self, images: list[Image.Image], jobs: list[Job]) -> dict[str, float]:
+        """concept from the mean distance (exp of the mean, as the transfer ratio is defined), not a mean of exps."""
         distance = float(knn_distance(image_statistics(images), self.train, self.k).mean())
         return {CONCEPT: float(np.exp(-distance / self.spread)), "distance": distance, "train_spread": self.spread}
 

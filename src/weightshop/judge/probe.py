@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from weightshop.errors import WeightshopError
-from weightshop.judge.base import ADHERENCE, CONCEPT, Job
+from weightshop.judge.base import ADHERENCE, CONCEPT, Job, JudgeIdentity, means
 
 
 def concept_present(predicted: dict[str, str], concept: str) -> bool:
@@ -18,48 +18,58 @@ def concept_present(predicted: dict[str, str], concept: str) -> bool:
     return concept in (predicted["shape"], predicted["shape2"], predicted["fill"])
 
 
-def other_attribute_accuracy(predicted: list[dict], scenes: list, concept: str) -> float:
-    """Mean over images of the fraction of the prompt's attributes right, leaving out the concept's own."""
+def attribute_agreement(predicted: dict, scene, concept: str) -> tuple[float, bool]:
+    """(fraction of the prompt's attributes right leaving out the concept's own, every attribute right) for one
+    image."""
     from weightshop.nano.probe import labels, relevant
 
-    per_image = []
-    for p, scene in zip(predicted, scenes):
-        truth = labels(scene)
-        keys = [k for k in relevant(truth) if truth[k] != concept]
-        per_image.append(np.mean([p[k] == truth[k] for k in keys]))
-    return float(np.mean(per_image))
+    truth = labels(scene)
+    keys = relevant(truth)
+    others = [k for k in keys if truth[k] != concept]
+    return float(np.mean([predicted[k] == truth[k] for k in others])), all(predicted[k] == truth[k] for k in keys)
+
+
+def other_attribute_accuracy(predicted: list[dict], scenes: list, concept: str) -> float:
+    """Mean over images of the fraction of the prompt's attributes right, leaving out the concept's own."""
+    return float(np.mean([attribute_agreement(p, scene, concept)[0] for p, scene in zip(predicted, scenes)]))
 
 
 class ProbeScorer:
     """krea2-nano's probe: concept hit rate, and adherence on the other attributes when scenes are known."""
 
     name = "probe"
+    VERSION = "1"
 
-    def __init__(self, predictor: Callable[[list[Image.Image]], list[dict]], concept: str):
+    def __init__(self, predictor: Callable[[list[Image.Image]], list[dict]], concept: str, weights_sha256: str = ""):
         from weightshop.nano import world
 
         if concept not in world.HELDOUT_CONCEPTS:
             raise WeightshopError(f"unknown concept {concept!r}: the probe judges {', '.join(world.HELDOUT_CONCEPTS)}")
         self.predictor = predictor
         self.concept = concept
+        self.identity = JudgeIdentity("krea2-nano probe", weights_sha256, self.VERSION)
 
     @classmethod
     def from_dir(cls, probe_dir: str | Path, concept: str) -> "ProbeScorer":
         from weightshop.nano.probe import load_probe, predict
 
+        from weightshop.io import cached_sha256
+
         probe = load_probe(probe_dir)
-        return cls(lambda images: predict(probe, [_probe_size(im) for im in images]), concept)
+        return cls(lambda images: predict(probe, [_probe_size(im) for im in images]), concept,
+                   cached_sha256(Path(probe_dir) / "probe.safetensors"))
+
+    def per_image(self, images: list[Image.Image], jobs: list[Job]) -> dict[str, list[float]]:
+        predicted = self.predictor(images)
+        result = {CONCEPT: [float(concept_present(p, self.concept)) for p in predicted]}
+        if jobs and all(job.scene is not None for job in jobs):
+            pairs = [attribute_agreement(p, job.scene, self.concept) for p, job in zip(predicted, jobs)]
+            result[ADHERENCE] = [a for a, _ in pairs]
+            result["all_correct"] = [float(ok) for _, ok in pairs]
+        return result
 
     def score(self, images: list[Image.Image], jobs: list[Job]) -> dict[str, float]:
-        predicted = self.predictor(images)
-        result = {CONCEPT: float(np.mean([concept_present(p, self.concept) for p in predicted]))}
-        if jobs and all(job.scene is not None for job in jobs):
-            from weightshop.nano.probe import score
-
-            scenes = [job.scene for job in jobs]
-            result[ADHERENCE] = other_attribute_accuracy(predicted, scenes, self.concept)
-            result["all_correct"] = score(predicted, scenes)["all_correct"]
-        return result
+        return means(self.per_image(images, jobs))
 
 
 def _probe_size(image: Image.Image) -> Image.Image:
