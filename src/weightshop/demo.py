@@ -5,8 +5,10 @@ and timings on krea2-nano), curate (a domain set of a held-out concept, the star
 striped fills, with planted faults: checked, the marked images excluded, ground-truth captioned and cached
 twice to show the second run is a no-op), train (the concept's LoRA on Raw from that cache, verified on
 Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio, recommended
-strength, what the LoRA does at strength 1 (`lora_figures`), a ComfyUI workflow). Later stages (evaluate,
-quantize, serve) each add a step here and a section to the report. Without the trained krea2-nano weights
+strength, what the LoRA does at strength 1 (`lora_figures`), a ComfyUI workflow) and evaluate (the release
+decision: Raw and Turbo with and without the LoRA on the concept's suite, two judges, the overfitting checks, the
+gate on prompts without the concept, the production verdict). Later stages (quantize, serve) each add a step here
+and a section to the report. Without the trained krea2-nano weights
 (before the first `weightshop nano build`), the demo runs the same path on tiny random-weight components and
 says so.
 """
@@ -220,6 +222,30 @@ def _transfer(pair: ModelPair, lora: str, workdir: Path, progress: Progress, nan
     return summary, body
 
 
+def _evaluate(pair: ModelPair, lora: str, strength: float, workdir: Path, progress: Progress, nano: bool,
+              concept: str) -> tuple[dict, str]:
+    """The release decision on the demo LoRA: Raw and Turbo with and without it on the concept's suite, judged by the
+    probe and the geometry judge, the overfitting checks against the curated training images, the gate on prompts
+    without the concept, and the production verdict."""
+    from weightshop.eval.lora import evaluate_lora
+    from weightshop.eval.suites import nano_suite
+    from weightshop.transfer.training_images import load_training_images
+
+    suite = nano_suite(concept, subject=16, plain=8) if nano else nano_suite(concept, subject=2, plain=2)
+    result = evaluate_lora(lora, workdir / "eval", pair=pair, suite=suite, concept=concept, strength=strength,
+                           train_images=load_training_images(workdir / "curate" / "dataset.json"), batch_size=24,
+                           real=False, progress=lambda label, d, t: progress(f"eval {label}", d, t))
+    v = result["verdict"]
+    summary = {"verdict": v["choice"], "headline": v["headline"], "reasons": v["reasons"], "flags": v["flags"],
+               "gate_passed": None if result["gate"] is None else result["gate"]["passed"],
+               "agreement": result["agreement"], "report": result["report"]}
+    body = (f"<p><b>{v['headline']}</b></p><ul>" + "".join(f"<li>{r}</li>" for r in v["reasons"] + v["flags"])
+            + f"</ul><p>Gate (Turbo + LoRA against Turbo on prompts without the {concept}): "
+            f"{'n/a' if result['gate'] is None else 'pass' if result['gate']['passed'] else 'FAIL'}. Full report: "
+            "<a href='eval/report.html'>eval/report.html</a>.</p>")
+    return summary, body
+
+
 def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int = 24,
              nano_root: Path | None = None, quick: bool = False, concept: str = DEMO_CONCEPT) -> dict:
     """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root).
@@ -252,8 +278,11 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
     curate_summary, curate_body = curate_concept_set(Path(pair.raw.source.transformer), workdir, progress, concept)
     train_summary, train_body = _train(pair, workdir, progress, nano, concept)
     transfer_summary, transfer_body = _transfer(pair, train_summary["lora"], workdir, progress, nano, concept)
+    eval_summary, eval_body = _evaluate(pair, train_summary["lora"], transfer_summary["recommended_strength"], workdir,
+                                        progress, nano, concept)
     summary = {"model": model_name, "concept": concept, "stages": {"generate": generate_summary, "curate": curate_summary,
-                                               "train": train_summary, "transfer": transfer_summary}}
+                                               "train": train_summary, "transfer": transfer_summary,
+                                               "eval": eval_summary}}
     report = write_html(workdir / "report.html", "weightshop demo", [
         ("Model", f"<p>{model_name}</p>"),
         (f"Generate: Raw ({pair.raw.checkpoint.preset.steps} steps, guidance {pair.raw.checkpoint.preset.guidance:g}) "
@@ -261,6 +290,7 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         (f"Curate: a {concept}-concept set with planted faults (held out of nano-Raw's training)", curate_body),
         (f"Train: a {concept} LoRA on Raw, from the cache", train_body),
         ("Transfer: the LoRA on Turbo, strength sweep against Raw", transfer_body),
+        ("Evaluate: the release decision", eval_body),
     ])
     summary["seconds"] = time.perf_counter() - start
     summary["report"] = str(report)

@@ -58,4 +58,9 @@ def demo(
         console.print(f"  adherence cost: Raw {f['raw_adherence_drop_points']:.1f} pts, Turbo "
                       f"{f['turbo_adherence_drop_points']:.1f} pts (how much less of the rest of the prompt the "
                       "images get right with the LoRA than without)")
+    e = summary["stages"]["eval"]
+    console.print(f"eval: [bold]{e['headline']}[/]; gate on prompts without the {summary['concept']}: "
+                  f"{'n/a' if e['gate_passed'] is None else 'pass' if e['gate_passed'] else 'FAIL'}", highlight=False)
+    for line in e["reasons"] + e["flags"]:
+        console.print(f"  {line}", highlight=False)
     console.print(f"report: [bold]{summary['report']}[/]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from weightshop import __version__
-from weightshop.cli import bench, data, demo, doctor, generate, info, lora, nano, plan, train, transfer
+from weightshop.cli import bench, data, demo, doctor, evaluation, generate, info, lora, nano, plan, train, transfer
 
 app = typer.Typer(
     name="weightshop",
@@ -25,6 +25,7 @@ app.add_typer(nano.app, name="nano")
 app.add_typer(bench.app, name="bench")
 app.add_typer(data.app, name="data")
 app.add_typer(lora.app, name="lora")
+app.add_typer(evaluation.app, name="eval")
 
 
 @app.command("version")

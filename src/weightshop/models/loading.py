@@ -474,8 +474,11 @@ def _check_device(device: str) -> None:
 def load_model(model: str | Path, *, components: str | Path | None = None, checkpoint: str | None = None,
                dtype: str | torch.dtype | None = "auto", device: str = "cpu", offload: str = "none",
                shared: SharedComponents | None = None, family: FamilySpec = KREA2) -> LoadedModel:
-    """Load one checkpoint (Raw or Turbo) as a ready pipeline. Pass `shared` to reuse components."""
+    """Load one checkpoint (Raw or Turbo) as a ready pipeline. Pass `shared` to reuse components. On the CPU,
+    torch's threads are lowered to `cpu_threads()` (rendering on a busy machine stalls with every core)."""
     _check_device(device)
+    if torch.device(device).type == "cpu":
+        use_cpu_threads()
     source = resolve_source(model, components, checkpoint, family)
     torch_dtype = resolve_dtype(dtype, device)
     transformer = load_transformer(source, torch_dtype)
