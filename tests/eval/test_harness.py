@@ -108,3 +108,32 @@ def test_cli_run_then_gate_against_itself_passes(tiny_dirs, tmp_path):
     assert json.loads(out.stdout)["passed"] and (tmp_path / "gate.html").is_file()
     out = runner.invoke(app, ["eval", "gate", str(tmp_path / "a"), str(tmp_path / "nowhere")])
     assert out.exit_code == 2 and "not found" in out.output
+
+
+def test_cli_eval_lora_gives_a_verdict_with_its_reasons(tiny_dirs, tiny_turbo, tmp_path):
+    """The release decision end to end on tiny models (plumbing: random weights mean nothing): four runs, the
+    checks against the training images, the gate on no-trigger prompts, the verdict and its report."""
+    from PIL import Image
+
+    from tests.lora.test_formats import make_lora
+    from weightshop.lora.formats import save_canonical
+
+    lora = save_canonical(make_lora(tiny_turbo.pipeline.transformer), tmp_path / "style.safetensors")
+    (tmp_path / "train").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "train" / f"{i}.png")
+    suite = write_suite(SUITE, tmp_path / "tiny.yaml")
+    out = CliRunner().invoke(app, ["eval", "lora", str(lora), "--raw", str(tiny_dirs[0]), "--turbo", str(tiny_dirs[1]),
+                                   "--suite", str(suite), "--train-images", str(tmp_path / "train"),
+                                   "--strength", "0.8", "--batch-size", "4", "-o", str(tmp_path / "eval"), "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    v = result["verdict"]
+    assert v["choice"] in ("turbo", "raw", "neither") and v["reasons"] and v["strength"] in (0.8, 1.0)
+    assert set(result["runs"]) == {"raw", "raw+lora", "turbo", "turbo+lora"}
+    assert result["gate"] is not None and "memorisation" in result["checks"]["turbo"]
+    assert {o["checkpoint"] for o in v["options"]} == {"raw", "turbo"}
+    assert all(o["dollars_per_image"] is not None for o in v["options"])
+    assert (tmp_path / "eval" / "report.html").is_file() and (tmp_path / "eval" / "lora-eval.json").is_file()
+    assert any("skipped" in s for s in result["skipped"])  # the real tier says why it did not run, never substitutes

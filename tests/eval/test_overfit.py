@@ -50,3 +50,21 @@ def test_flags_for_text_bleed_and_collapse():
     clean = make_run({"probe.concept": np.zeros(n)}, tags=("no-trigger", "no-text"))
     clean.set_metrics = {"ocr_text_rate": 0.04, "diversity": 0.28}
     assert findings(clean, base, "probe.concept")["flags"] == []
+
+
+def test_a_mark_the_lora_stamps_on_its_images_is_found_and_the_bases_own_are_not():
+    from PIL import ImageDraw
+
+    from weightshop.eval.overfit import learned_marks
+
+    base = renders(12, 7, size=64)
+    marked = []
+    for im in base:
+        im = im.copy()
+        draw = ImageDraw.Draw(im)
+        draw.rectangle([50, 54, 62, 62], fill=(255, 255, 255))
+        draw.line([52, 56, 60, 60], fill=(0, 0, 0), width=1)
+        marked.append(im)
+    found = learned_marks(marked, base)
+    assert found["flag"] and found["marks"][0]["images"] >= 6 and found["marks"][0]["box"][0] > 0.6
+    assert not learned_marks(base, base)["flag"]

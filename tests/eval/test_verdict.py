@@ -28,3 +28,18 @@ def test_raw_when_turbo_loses_the_concept_or_adherence_or_is_flagged():
 def test_neither_when_the_lora_brings_nothing():
     v = decide(opt("raw", 0.03, 0.01, 0.90), opt("turbo", 0.02, 0.0, 0.90), {}, {})
     assert v.choice == "neither" and "does not bring its concept" in v.headline()
+
+
+def test_a_flag_both_checkpoints_share_is_the_loras_problem_not_turbos():
+    bleed = "concept bleed: the concept shows in 30 % ..."
+    v = decide(opt("raw", 0.60, 0.58, 0.90), opt("turbo", 0.62, 0.60, 0.90), {"raw": [bleed], "turbo": [bleed]}, {})
+    assert v.choice == "turbo" and any("both checkpoints are flagged for concept bleed" in r for r in v.reasons)
+    assert len(v.flags) == 2
+
+
+def test_a_memorising_lora_is_stopped_whichever_checkpoint_would_serve_it():
+    memo = "memorising: 2 of the generations are near copies of training images"
+    v = decide(opt("raw", 0.60, 0.58, 0.90), opt("turbo", 0.62, 0.60, 0.90), {"raw": [memo], "turbo": [memo]}, {})
+    assert v.choice == "neither" and "fix the LoRA first: it is flagged for memorising" in v.headline()
+    only_turbo = decide(opt("raw", 0.60, 0.58, 0.90), opt("turbo", 0.62, 0.60, 0.90), {"turbo": [memo]}, {})
+    assert only_turbo.choice == "raw"

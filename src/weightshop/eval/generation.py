@@ -27,7 +27,8 @@ class LoraUse:
     strength: float
 
     def as_dict(self) -> dict:
-        return {"path": str(self.path), "sha256": cached_sha256(self.path), "strength": self.strength}
+        return {"name": self.path.stem, "path": str(self.path), "sha256": cached_sha256(self.path),
+                "strength": self.strength}
 
 
 def image_key(settings: dict, prompt: str, seed: int) -> str:
@@ -43,7 +44,7 @@ def render_settings(model, loras: list[LoraUse], width: int | None, height: int 
     p = plan(model, GenerateRequest(prompts=["-"], width=width, height=height))
     guided = p.preset.guidance > 0
     return {"transformer_sha256": model.transformer_hash(), "checkpoint": model.checkpoint.name,
-            "loras": [{k: v for k, v in lora.as_dict().items() if k != "path"} for lora in loras],
+            "loras": [{"sha256": cached_sha256(lora.path), "strength": lora.strength} for lora in loras],
             "steps": p.preset.steps, "guidance": p.preset.guidance, "mu": round(p.mu, 9), "width": p.width,
             "height": p.height, "max_sequence_length": p.max_sequence_length,
             "negative_prompt": (negative or "") if guided else None,

@@ -101,11 +101,13 @@ def evaluate_lora(lora: str | Path, out_dir: str | Path, *, pair, suite: str | P
         train_feats = embed(train_images)
     for checkpoint in ("raw", "turbo"):
         lora_run, base_run = runs[f"{checkpoint}+lora"], runs[checkpoint]
+        lora_images, base_images = load_images(lora_run), load_images(base_run)
         memo = None
         if memo_thresholds is not None and lora_run.features() is not None:
-            memo = overfit.memorisation(load_images(lora_run), lora_run.features(), train_images, train_feats,
-                                        memo_thresholds)
-        checks[checkpoint] = overfit.findings(lora_run, base_run, metric, memo)
+            memo = overfit.memorisation(lora_images, lora_run.features(), train_images, train_feats, memo_thresholds)
+        no_text = [i for i, im in enumerate(lora_run.images) if "no-text" in im["tags"]]
+        marks = overfit.learned_marks([lora_images[i] for i in no_text], [base_images[i] for i in no_text])
+        checks[checkpoint] = overfit.findings(lora_run, base_run, metric, memo, marks)
     gate = gates.gate(runs["turbo+lora"], runs["turbo"], tolerances, tag="no-trigger",
                       metrics=[m for m in runs["turbo"].metric_names() if m.endswith((".adherence", ".all_correct"))]
                       or None) if any("no-trigger" in p.tags for p in suite.prompts) else None

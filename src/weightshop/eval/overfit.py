@@ -114,6 +114,37 @@ def memorisation(generated: list[Image.Image], gen_features: np.ndarray, train: 
             "mean_nearest_similarity": float(np.mean(cosine)) if len(cosine) else None}
 
 
+def _overlap(a: list[float], b: list[float]) -> float:
+    """Intersection over the smaller box, of two [x0, y0, x1, y1] boxes in 0..1."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])) or 1e-9
+    return w * h / smaller
+
+
+def learned_marks(lora_images: list[Image.Image], base_images: list[Image.Image]) -> dict:
+    """Overlays persisting at one place across the LoRA's images (data.persistence: whatever they show, text or
+    not) that the base's images of the same prompts and seeds do not have: a mark the LoRA learned."""
+    from weightshop.data.persistence import find_persistent, frame
+
+    def marks(images: list[Image.Image]) -> list[dict]:
+        if len(images) < 3:
+            return []
+        stack = np.stack([frame(im) for im in images])
+        return find_persistent(stack, [str(i) for i in range(len(images))])["marks"]
+
+    lora, base = marks(lora_images), marks(base_images)
+    new = [m for m in lora if not any(_overlap(m["box"], b["box"]) > 0.5 for b in base)]
+    out = {"flag": bool(new), "marks": [{"box": m["box"], "images": len(m["files"])} for m in new],
+           "base_marks": len(base)}
+    if new:
+        best = max(new, key=lambda m: len(m["files"]))
+        x0, y0, x1, y1 = (round(v, 2) for v in best["box"])
+        out["reason"] = (f"a mark persists at ({x0}, {y0})-({x1}, {y1}) of the frame in {len(best['files'])} of "
+                         f"{len(lora_images)} images, and not in the base's")
+    return out
+
+
 def mean_on(run, metric: str, tag: str) -> float | None:
     values = list(run.values(metric, tag).values())
     return float(np.mean(values)) if values else None

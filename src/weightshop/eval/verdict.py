@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 DEFAULT_TOLERANCE = 0.05  # in the metric's units (hit rates: 5 points), when no noise floor was measured
 DEFAULT_DOLLARS_PER_HOUR = 2.50  # one H100 on demand, order of magnitude (set yours with --dollars-per-hour)
+# Checks that stop a release whichever checkpoint serves it: a LoRA that copies its training images or stamps a mark.
+BLOCKING = ("memorising", "learned text or watermark", "learned watermark")
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Option:
 
 @dataclass
 class Verdict:
-    choice: str  # "turbo" or "raw" (or "neither": the LoRA does not bring its concept)
+    choice: str  # "turbo", "raw", or "neither" (the LoRA brings no concept, or a blocking check flags it everywhere)
     strength: float
     reasons: list[str]
     options: list[Option]
@@ -36,7 +38,7 @@ class Verdict:
 
     def headline(self) -> str:
         what = {"turbo": "Turbo + LoRA is good enough for production", "raw": "Raw + LoRA is the honest choice",
-                "neither": "neither: the LoRA does not bring its concept"}[self.choice]
+                "neither": "neither: " + (self.reasons[-1] if self.reasons else "")}[self.choice]
         return f"{what} (strength {self.strength:g})"
 
     def as_dict(self) -> dict:
@@ -59,6 +61,11 @@ def option(lora_run, base_run, checkpoint: str, strength: float, concept: str | 
                   seconds, None if seconds is None else seconds * dollars_per_hour / 3600)
 
 
+def _kind(flag: str) -> str:
+    """A flag's check, the words before its colon ("concept bleed", "memorising", ...)."""
+    return flag.split(":", 1)[0].strip()
+
+
 def decide(raw: Option, turbo: Option, flags: dict[str, list[str]], tolerances: dict[str, float]) -> Verdict:
     """`flags`: the overfitting checks' flags per checkpoint; `tolerances`: "concept" and "adherence" slack."""
     tol_c = tolerances.get("concept", DEFAULT_TOLERANCE)
@@ -66,8 +73,15 @@ def decide(raw: Option, turbo: Option, flags: dict[str, list[str]], tolerances: 
     reasons: list[str] = []
     every_flag = [f"{name}: {f}" for name, found in flags.items() for f in found]
     if raw.concept_lift is not None and raw.concept_lift <= tol_c and (turbo.concept_lift or 0) <= tol_c:
-        reasons.append(f"the LoRA lifts its concept by {100 * raw.concept_lift:.1f} points on Raw and "
-                       f"{100 * (turbo.concept_lift or 0):.1f} on Turbo: not beyond the tolerance ({100 * tol_c:.1f})")
+        reasons.append(f"the LoRA does not bring its concept: it lifts it by {100 * raw.concept_lift:.1f} points on "
+                       f"Raw and {100 * (turbo.concept_lift or 0):.1f} on Turbo, not beyond the tolerance "
+                       f"({100 * tol_c:.1f})")
+        return Verdict("neither", raw.strength, reasons, [raw, turbo], every_flag)
+    raw_kinds = {_kind(f) for f in flags.get("raw", [])}
+    turbo_kinds = {_kind(f) for f in flags.get("turbo", [])}
+    blocked = sorted(k for k in raw_kinds & turbo_kinds if k in BLOCKING)
+    if blocked:
+        reasons.append(f"fix the LoRA first: it is flagged for {', '.join(blocked)} on both checkpoints")
         return Verdict("neither", raw.strength, reasons, [raw, turbo], every_flag)
     turbo_ok = True
     if turbo.concept is not None and raw.concept is not None:
@@ -82,9 +96,14 @@ def decide(raw: Option, turbo: Option, flags: dict[str, list[str]], tolerances: 
         turbo_ok &= ok
         reasons.append(f"adherence: Turbo {100 * turbo.adherence:.1f} % vs Raw {100 * raw.adherence:.1f} % "
                        f"({'within' if ok else 'beyond'} the {100 * tol_a:.1f}-point tolerance)")
-    if flags.get("turbo"):
+    turbo_only = [f for f in flags.get("turbo", []) if _kind(f) not in raw_kinds]
+    if turbo_only:  # a problem Raw + LoRA does not have
         turbo_ok = False
-        reasons.append(f"Turbo + LoRA is flagged: {'; '.join(flags['turbo'])}")
+        reasons.append(f"Turbo + LoRA is flagged where Raw + LoRA is not: {'; '.join(turbo_only)}")
+    shared = sorted(raw_kinds & turbo_kinds)
+    if shared:
+        reasons.append(f"both checkpoints are flagged for {', '.join(shared)}: a problem of the LoRA itself, not of "
+                       "the checkpoint (see the flags)")
     if turbo.seconds_per_image and raw.seconds_per_image:
         reasons.append(f"speed: Turbo {turbo.seconds_per_image:.2f} s/image vs Raw {raw.seconds_per_image:.2f} "
                        f"({raw.seconds_per_image / turbo.seconds_per_image:.1f}x)")
