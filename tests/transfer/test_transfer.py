@@ -183,10 +183,13 @@ def test_the_probe_is_found_in_a_packaged_family(tmp_path, lora):
         default_scorers("star", tmp_path, None, lora)
     (tmp_path / "checksums.json").write_text("{}")
     scorers, _ = default_scorers("star", tmp_path, None, lora)
-    assert [s.name for s in scorers] == ["probe"]
+    assert [s.name for s in scorers] == ["probe", "geometry"]  # the geometry judge checks the probe
     images = [Image.new("RGB", (32, 32), "black")] * 2  # any size: resized to the probe's 64 px
     result = scorers[0].score(images, [Job("p", 0)] * 2)
     assert set(result) == {"concept"} and 0 <= result["concept"] <= 1
+    assert scorers[1].score(images, [Job("p", 0)] * 2) == {"concept": 0.0, "objects": 0.0}
+    scorers, notes = default_scorers("striped", tmp_path, None, lora)  # stripes: the probe alone, and why
+    assert [s.name for s in scorers] == ["probe"] and any("geometry judge cannot measure" in n for n in notes)
 
 
 # --- ComfyUI -----------------------------------------------------------------------------------------
@@ -295,6 +298,63 @@ def test_probe_backend_math_through_a_stub(pair, lora):
     # 1.5 has the most concept but drops adherence more than 5 points; 1 and 1.25 tie: the lower wins
     assert report.headline() == (0.75, 1.0) and report.ratio_at_1 == 0.75
     assert report.recommendation.within_tolerance
+
+
+class StubJudge:
+    """A second judge of the star whose per-image hits follow a plan, one setting per call in row order."""
+
+    name = "geometry"
+    concept = "star"
+
+    def __init__(self, plan):
+        from weightshop.judge import JudgeIdentity
+
+        self.calls = iter(plan)
+        self.identity = JudgeIdentity("stub geometry", "", "0")
+
+    def per_image(self, images, jobs):
+        return {"concept": next(self.calls)}
+
+    def score(self, images, jobs):
+        raise AssertionError("a judge of the concept is scored from its per-image hits")
+
+
+def test_two_judges_are_reported_with_their_agreement(pair, lora, tmp_path):
+    """The probe decides the recommendation; a second judge of the concept is reported beside it under its own
+    names, with its own transfer ratio, the agreement per setting, and flags where the two part by > 10 points."""
+    from weightshop.nano import world
+
+    scenes = [s for s, _ in world.prompt_suite(2, seed=0, heldout="star")]
+    truths = [_truth(s) for s in scenes for _ in (0, 1)]
+    hits = lambda n: [t if i < n else _without_star(t) for i, t in enumerate(truths)]  # noqa: E731
+    # rows: Raw + LoRA, Turbo + LoRA 0.5, Turbo + LoRA 1, Turbo alone, Raw alone
+    probe_plan = iter([hits(4), hits(1), hits(3), hits(0), hits(0)])
+    geometry_plan = [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    report = run_transfer(lora, pair=pair, strengths=(0.5, 1.0), concept="star", prompt_count=2, seeds=(0, 1),
+                          scorers=[ProbeScorer(lambda images: next(probe_plan), "star"), StubJudge(geometry_plan)],
+                          steps_override=1, out_dir=tmp_path / "out", comfyui=False)
+    assert report.recommended_strength == 1.0 and report.transfer_ratio == 0.75  # the probe's (geometry: 0.5)
+    turbo_1 = report.result("Turbo + LoRA 1").metrics
+    assert turbo_1["concept"] == 0.75 and turbo_1["geometry.concept"] == 0.25 and turbo_1["geometry.agreement"] == 0.5
+    assert [row["geometry.transfer_ratio"] for row in report.sweep] == [1.0, 0.25]
+    judges = report.judges
+    assert judges["first"] == "probe" and judges["margin_points"] == 10.0
+    assert judges["figures"]["probe"]["transfer_ratio"] == 0.75
+    assert judges["figures"]["geometry"]["transfer_ratio"] == 0.25
+    assert judges["figures"]["geometry"]["concept"]["Raw + LoRA"] == 1.0
+    pair_ = judges["agreement"]["geometry"]
+    assert pair_["transfer_ratio"]["flag"] and pair_["transfer_ratio"]["difference"] == pytest.approx(0.5)
+    assert pair_["flagged_settings"] == ["Turbo + LoRA 0.5", "Turbo + LoRA 1"]
+    agree = pair_["settings"]["Turbo + LoRA 1"]
+    assert (agree["rate_a"], agree["rate_b"], agree["only_a"], agree["only_b"]) == (0.75, 0.25, 0.5, 0.0)
+    assert pair_["settings"]["Raw + LoRA"] == {**pair_["settings"]["Raw + LoRA"], "agreement": 1.0, "flag": False}
+    assert judges["identities"]["geometry"]["backend"] == "stub geometry"
+    assert any("part on the transfer ratio: probe 0.75, geometry 0.25" in n for n in report.notes)
+    saved = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert saved["judges"]["agreement"]["geometry"]["transfer_ratio"]["flag"] is True
+    assert saved["settings"][2]["geometry.concept"] == 0.25 and saved["settings"][2]["concept"] == 0.75
+    page = (tmp_path / "out" / "transfer.html").read_text()
+    assert "Two judges of the concept" in page and "PARTED" in page and "by judge: probe 0.75, geometry 0.25" in page
 
 
 def test_bad_inputs_say_what_is_wrong(tiny_dirs, pair, lora, train_dir, tmp_path):

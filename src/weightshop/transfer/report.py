@@ -35,6 +35,9 @@ def strength_plot(report) -> Image.Image:
         series["adherence, Turbo + LoRA"] = [row[ADHERENCE] for row in report.sweep]
         levels[f"adherence floor (-{report.tolerance_points:g} pt)"] = (
             turbo_alone[ADHERENCE] - report.tolerance_points / 100)
+    for name in (report.judges or {}).get("agreement", {}):  # a second judge of the concept: its curve too
+        series[f"{name} concept, Turbo + LoRA"] = [report.result(f"Turbo + LoRA {row['strength']:g}").metrics.get(
+            f"{name}.{CONCEPT}") for row in report.sweep]
     title = f"{report.scorers[0]} scores vs strength" + (f" (concept: {report.concept})" if report.concept else "")
     return score_plot(strengths, series, levels, marker=report.recommended_strength, title=title)
 
@@ -73,7 +76,65 @@ def _headline(report) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
     return (f"<p><b>Recommended Turbo strength: {r.strength:g}</b>; transfer ratio there: <b>{ratio}</b> "
             f"(Turbo's concept score over Raw's, the LoRA on both).{at_1}{flag}</p>"
-            f"<p>Why: {html.escape(r.reason)}.</p>" + (f"<ul>{notes}</ul>" if notes else ""))
+            f"<p>Why: {html.escape(r.reason)}.</p>" + _ratio_by_judge(report)
+            + (f"<ul>{notes}</ul>" if notes else ""))
+
+
+def _ratio(value) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
+
+
+def _ratio_by_judge(report) -> str:
+    """The headline ratio as each judge reads it, when more than one judge scores the concept."""
+    judges = report.judges or {}
+    figures = judges.get("figures", {})
+    if len(figures) < 2:
+        return ""
+    parts = ", ".join(f"{html.escape(name)} {_ratio(f['transfer_ratio'])}" for name, f in figures.items())
+    flags = [name for name, pair in judges.get("agreement", {}).items() if pair["transfer_ratio"]["flag"]]
+    verdict = (f" <b>{html.escape(judges['first'])} and {html.escape(', '.join(flags))} part by more than the "
+               f"{judges['margin_points']:g}-point margin.</b>" if flags else
+               f" The judges of the concept agree within the {judges['margin_points']:g}-point margin."
+               if judges.get("agreement") else "")
+    return (f"<p>Transfer ratio at that strength by judge: {parts} (the recommendation follows "
+            f"{html.escape(judges['first'])}).{verdict}</p>")
+
+
+def judges_table(report) -> list[dict]:
+    """One row per setting and second judge: both judges' concept rates, how often they agree, and the flag."""
+    judges = report.judges or {}
+    first = judges.get("first")
+    rows = []
+    for name, pair in judges.get("agreement", {}).items():
+        for label, a in pair["settings"].items():
+            rows.append({"setting": label, f"{first} concept": a["rate_a"], f"{name} concept": a["rate_b"],
+                         "agree": a["agreement"], f"only {first}": a["only_a"], f"only {name}": a["only_b"],
+                         "difference (points)": round(100 * a["difference"], 1), "flag": "PARTED" if a["flag"] else ""})
+    return rows
+
+
+def _judges_section(report) -> str:
+    judges = report.judges or {}
+    if not judges.get("agreement"):
+        return ""
+    first = judges["first"]
+    lines = []
+    for name, pair in judges["agreement"].items():
+        f0, f1 = judges["figures"][first], judges["figures"][name]
+        for what, key in (("at the recommended strength", "transfer_ratio"), ("at strength 1", "ratio_at_1")):
+            part = pair[key]
+            lines.append(f"<li>Transfer ratio {what}: {html.escape(first)} {_ratio(f0[key])}, {html.escape(name)} "
+                         f"{_ratio(f1[key])}" + (" <b>(parted: more than the margin)</b>" if part["flag"] else "")
+                         + "</li>")
+    identities = "".join(f"<li>{html.escape(n)}: {html.escape(i['backend'])}, version {html.escape(i['version'])}"
+                         + (f", weights sha256 {html.escape(i['weights_sha256'][:12])}" if i["weights_sha256"] else "")
+                         + "</li>" for n, i in judges["identities"].items())
+    return (f"<p>The concept is judged twice: by {html.escape(first)} (the recommendation and the headline follow it) "
+            f"and by a judge that shares nothing with it. Agree: the fraction of images where both see the concept or "
+            f"both do not. A setting is flagged when the two rates part by more than {judges['margin_points']:g} "
+            f"points (about two standard errors of the difference at the demo's size; docs/transfer.md, "
+            f"\"Two judges\").</p><ul>{''.join(lines)}</ul>" + table_html(judges_table(report))
+            + f"<p>Judges:</p><ul>{identities}</ul>")
 
 
 def write_report(report, out: Path, turbo_model, *, comfyui: bool = True, grid_columns: int = 16) -> dict:
@@ -97,6 +158,7 @@ def write_report(report, out: Path, turbo_model, *, comfyui: bool = True, grid_c
         ("Result", _headline(report)),
         ("Settings", table_html([r.as_dict() for r in report.results])),
         ("Strength sweep on Turbo", table_html(report.sweep)),
+        *([("Two judges of the concept", _judges_section(report))] if _judges_section(report) else []),
         ("Score vs strength", f"<img src='{data_uri(plot)}'>"),
         ("Images (rows: settings; columns: prompt x seed)",
          f"<img src='{data_uri(grid)}'><ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in prompts) + "</ol>"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from weightshop.errors import WeightshopError
-from weightshop.judge import ADHERENCE, CONCEPT, Job, Judge
+from weightshop.judge import ADHERENCE, CONCEPT, MARGIN_POINTS, Job, Judge, agreement, means, ratios_part
 from weightshop.transfer.sweep import (DEFAULT_STRENGTHS, DEFAULT_TOLERANCE_POINTS, Recommendation, SweepPoint,
                                        parse_strengths, recommend_strength, transfer_ratio)
 
@@ -43,6 +43,7 @@ class SettingResult:
     metrics: dict[str, float]
     seconds: float
     images: list[Image.Image] = field(repr=False, default_factory=list)
+    agreement: dict[str, dict] = field(default_factory=dict)  # judge name -> judge.agreement with the first judge
 
     def as_dict(self) -> dict:
         return {"label": self.setting.label, "checkpoint": self.setting.checkpoint,
@@ -69,6 +70,7 @@ class TransferReport:
     files: dict = field(default_factory=dict)
     comfyui: dict = field(default_factory=dict)
     seconds: float = 0.0
+    judges: dict = field(default_factory=dict)  # each judge's identity, figures and agreement (judge_figures)
 
     @property
     def recommended_strength(self) -> float:
@@ -90,7 +92,7 @@ class TransferReport:
             "recommended_strength": self.recommended_strength, "transfer_ratio": self.transfer_ratio,
             "ratio_at_1": self.ratio_at_1, "recommendation": self.recommendation.as_dict(),
             "tolerance_points": self.tolerance_points, "steps": self.steps, "notes": self.notes,
-            "files": self.files, "comfyui": self.comfyui, "seconds": self.seconds,
+            "files": self.files, "comfyui": self.comfyui, "seconds": self.seconds, "judges": self.judges,
         }
 
 
@@ -157,9 +159,26 @@ PROBE_CAVEATS = {
 }
 
 
+def second_judges(concept: str, notes: list[str]) -> list:
+    """The judges that check the probe on krea2-nano: the geometry judge for the concepts it measures (the star),
+    which learns nothing from the shapes world; a note says why when there is none."""
+    from weightshop.judge import GeometryJudge
+
+    if concept not in GeometryJudge.CONCEPTS:
+        notes.append(f"{concept}: judged by the probe alone; the geometry judge cannot measure it (stripes do not "
+                     "survive krea2-nano's VAE at 64 px)")
+        return []
+    try:
+        return [GeometryJudge(concept)]
+    except WeightshopError as e:  # OpenCV missing
+        notes.append(f"no second judge: {e}")
+        return []
+
+
 def default_scorers(concept: str | None, raw_root: Path | None, train_images, lora: Path) -> tuple[list, list[str]]:
-    """The probe on krea2-nano (when a concept is named), then the training-set distance when images are
-    known (given, or the manifest of the `weightshop train` run that wrote the LoRA)."""
+    """The probe on krea2-nano (when a concept is named) and beside it the geometry judge (second_judges), then the
+    training-set distance when images are known (given, or the manifest of the `weightshop train` run that wrote
+    the LoRA)."""
     from weightshop.judge import ProbeScorer, TrainingSetDistance
     from weightshop.transfer.training_images import load_training_images, training_source_for_lora
 
@@ -172,6 +191,7 @@ def default_scorers(concept: str | None, raw_root: Path | None, train_images, lo
             scorers.append(ProbeScorer.from_dir(probe_dir, concept))
             if concept in PROBE_CAVEATS:
                 notes.append(PROBE_CAVEATS[concept])
+            scorers += second_judges(concept, notes)
     source = Path(train_images) if train_images else training_source_for_lora(lora)
     if source is not None:
         scorers.append(TrainingSetDistance(load_training_images(source), source=str(source)))
@@ -253,6 +273,84 @@ def summarise(results: list[SettingResult], tolerance_points: float) -> tuple[li
     return rows, recommendation, at[recommendation.strength], at.get(1.0)
 
 
+def counts_presence(scorer, concept: str | None) -> bool:
+    """Whether a judge counts the run's concept image by image (the probe, the geometry judge: they name the concept
+    they look for). Such a judge's per-image hits are kept, for the agreement between judges, and its set figures
+    are their means (judge.base.means, which is what their `score` returns)."""
+    return concept is not None and getattr(scorer, "concept", None) == concept
+
+
+def score_setting(setting: Setting, images: list[Image.Image], seconds: float, jobs: list[Job], scorers: list,
+                  concept: str | None) -> SettingResult:
+    """One setting's metrics: the first judge's under their own names (`concept`, `adherence`: what the sweep and the
+    recommendation read), every other judge's as `<judge>.<metric>`; each judge that counts the concept beside the
+    first one also gets `<judge>.agreement` (judge.agreement with the first judge, in full in `agreement`)."""
+    metrics, per_image = {}, {}
+    for i, scorer in enumerate(scorers):
+        if counts_presence(scorer, concept):
+            per_image[i] = scorer.per_image(images, jobs)
+            scored = means(per_image[i])
+        else:
+            scored = scorer.score(images, jobs)
+        metrics.update(scored if i == 0 else {f"{scorer.name}.{k}": v for k, v in scored.items()})
+    if CONCEPT not in metrics:
+        raise WeightshopError(f"scorer {scorers[0].name!r} returned no {CONCEPT!r} metric")
+    agreements = {}
+    if 0 in per_image:
+        for i in (i for i in per_image if i > 0):
+            agreements[scorers[i].name] = agreement(per_image[0], per_image[i], MARGIN_POINTS)
+            metrics[f"{scorers[i].name}.agreement"] = agreements[scorers[i].name]["agreement"]
+    return SettingResult(setting, metrics, seconds, images, agreements)
+
+
+def judge_figures(results: list[SettingResult], rows: list[dict], scorers: list, strength: float) -> dict:
+    """Every judge's view of the run, for the report: its identity, its concept figure per setting and its transfer
+    ratio at the recommended strength (chosen by the first judge) and at strength 1; and for each judge that counts
+    the concept beside the first, their agreement per setting, the settings where their rates part by more than the
+    margin, and whether their transfer ratios do. The sweep rows gain `<judge>.transfer_ratio`."""
+    by_label = {r.setting.label: r for r in results}
+    raw = by_label["Raw + LoRA"].metrics
+    turbo = {r.setting.strength: r.metrics for r in results
+             if r.setting.checkpoint == "turbo" and r.setting.strength is not None}
+    figures = {}
+    for i, scorer in enumerate(scorers):
+        key = CONCEPT if i == 0 else f"{scorer.name}.{CONCEPT}"
+        if key not in raw:
+            continue
+        ratio = {s: transfer_ratio(m.get(key), raw[key]) for s, m in turbo.items()}
+        if i > 0:
+            for row in rows:
+                row[f"{scorer.name}.transfer_ratio"] = ratio[row["strength"]]
+        figures[scorer.name] = {"concept": {r.setting.label: r.metrics.get(key) for r in results},
+                                "transfer_ratio": ratio[strength], "ratio_at_1": ratio.get(1.0)}
+    first = scorers[0].name
+    pairs = {}
+    for name in dict.fromkeys(n for r in results for n in r.agreement):
+        settings = {r.setting.label: r.agreement[name] for r in results if name in r.agreement}
+        pairs[name] = {"settings": settings, "flagged_settings": [label for label, a in settings.items() if a["flag"]],
+                       "transfer_ratio": ratios_part(figures[first]["transfer_ratio"], figures[name]["transfer_ratio"]),
+                       "ratio_at_1": ratios_part(figures[first]["ratio_at_1"], figures[name]["ratio_at_1"])}
+    return {"first": first, "margin_points": MARGIN_POINTS,
+            "identities": {s.name: s.identity.as_dict() for s in scorers if hasattr(s, "identity")},
+            "figures": figures, "agreement": pairs}
+
+
+def judge_notes(judges: dict) -> list[str]:
+    """One note per second judge whose transfer ratio or concept rates part from the first judge's by more than the
+    margin (the report's notes, so every view of the report shows them)."""
+    notes, first, margin = [], judges["first"], judges["margin_points"]
+    for name, pair in judges["agreement"].items():
+        ours, theirs = judges["figures"][first]["transfer_ratio"], judges["figures"][name]["transfer_ratio"]
+        if pair["transfer_ratio"]["flag"]:
+            shown = lambda r: "undefined" if r is None else f"{r:.2f}"  # noqa: E731
+            notes.append(f"the judges part on the transfer ratio: {first} {shown(ours)}, {name} {shown(theirs)} (more "
+                         f"than the {margin:g}-point margin); read the grid before trusting either")
+        if pair["flagged_settings"]:
+            notes.append(f"{first} and {name} concept rates part by more than {margin:g} points in: "
+                         + ", ".join(pair["flagged_settings"]))
+    return notes
+
+
 def run_transfer(lora: str | Path, *, raw: str | Path = "krea2-nano", turbo: str | Path = "krea2-nano-turbo",
                  components: str | Path | None = None, pair=None,
                  strengths: Sequence[float] | str = DEFAULT_STRENGTHS, prompts: Sequence[str] | None = None,
@@ -290,23 +388,16 @@ def run_transfer(lora: str | Path, *, raw: str | Path = "krea2-nano", turbo: str
     settings = settings_for(strengths, raw_strength)
     rendered = render_settings(pair, lora, jobs, settings, batch_size=batch_size, steps_override=steps_override,
                                progress=progress)
-    results = []
-    for s in settings:  # scorers see settings in row order
-        images, seconds = rendered[s.label]
-        metrics = {}
-        for i, scorer in enumerate(scorers):
-            scored = scorer.score(images, jobs)
-            metrics.update(scored if i == 0 else {f"{scorer.name}.{k}": v for k, v in scored.items()})
-        if CONCEPT not in metrics:
-            raise WeightshopError(f"scorer {scorers[0].name!r} returned no {CONCEPT!r} metric")
-        results.append(SettingResult(s, metrics, seconds, images))
+    results = [score_setting(s, *rendered[s.label], jobs, scorers, concept) for s in settings]  # in row order
     rows, recommendation, ratio, ratio_at_1 = summarise(results, tolerance_points)
+    judges = judge_figures(results, rows, scorers, recommendation.strength)
+    notes += judge_notes(judges)
     steps = {name: steps_override or getattr(pair, name).checkpoint.preset.steps for name in ("raw", "turbo")}
     report = TransferReport(
         lora=info, models={"raw": pair.raw.source.model_id, "turbo": pair.turbo.source.model_id},
         scorers=[s.name for s in scorers], concept=concept, jobs=jobs, results=results, sweep=rows,
         recommendation=recommendation, transfer_ratio=ratio, ratio_at_1=ratio_at_1,
-        tolerance_points=tolerance_points, steps=steps, notes=notes)
+        tolerance_points=tolerance_points, steps=steps, notes=notes, judges=judges)
     if steps_override:
         report.notes.append(f"steps overridden to {steps_override} for every setting (test mode): not the presets")
     report.seconds = time.perf_counter() - start
