@@ -68,3 +68,7 @@ def test_a_mark_the_lora_stamps_on_its_images_is_found_and_the_bases_own_are_not
     found = learned_marks(marked, base)
     assert found["flag"] and found["marks"][0]["images"] >= 6 and found["marks"][0]["box"][0] > 0.6
     assert not learned_marks(base, base)["flag"]
+    # with the training images, only a mark that persists there too is the LoRA's learned watermark
+    assert learned_marks(marked, base, train_images=marked[:8])["flag"]
+    clean_training = learned_marks(marked, base, train_images=renders(8, 11, size=64))
+    assert not clean_training["flag"] and clean_training["training_marks"] == []

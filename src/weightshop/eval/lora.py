@@ -106,7 +106,8 @@ def evaluate_lora(lora: str | Path, out_dir: str | Path, *, pair, suite: str | P
         if memo_thresholds is not None and lora_run.features() is not None:
             memo = overfit.memorisation(lora_images, lora_run.features(), train_images, train_feats, memo_thresholds)
         no_text = [i for i, im in enumerate(lora_run.images) if "no-text" in im["tags"]]
-        marks = overfit.learned_marks([lora_images[i] for i in no_text], [base_images[i] for i in no_text])
+        marks = overfit.learned_marks([lora_images[i] for i in no_text], [base_images[i] for i in no_text],
+                                      train_images)
         checks[checkpoint] = overfit.findings(lora_run, base_run, metric, memo, marks)
     gate = gates.gate(runs["turbo+lora"], runs["turbo"], tolerances, tag="no-trigger",
                       metrics=[m for m in runs["turbo"].metric_names() if m.endswith((".adherence", ".all_correct"))]
