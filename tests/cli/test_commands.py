@@ -21,7 +21,7 @@ def test_help_lists_only_working_commands():
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
     assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "train", "plan", "lora", "transfer",
-                        "bench", "version"}
+                        "bench", "eval", "version"}
     for command in commands:
         assert command in result.stdout
 

@@ -66,7 +66,7 @@ def test_a_mark_the_lora_stamps_on_its_images_is_found_and_the_bases_own_are_not
         draw.line([52, 56, 60, 60], fill=(0, 0, 0), width=1)
         marked.append(im)
     found = learned_marks(marked, base)
-    assert found["flag"] and found["marks"][0]["images"] >= 6 and found["marks"][0]["box"][0] > 0.6
+    assert found["flag"] and found["marks"][0]["images"] >= 4 and found["marks"][0]["box"][0] > 0.6
     assert not learned_marks(base, base)["flag"]
     # with the training images, only a mark that persists there too is the LoRA's learned watermark
     assert learned_marks(marked, base, train_images=marked[:8])["flag"]

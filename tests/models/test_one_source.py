@@ -10,8 +10,9 @@ import pytest
 from weightshop.models.spec import KREA2, RAW, TURBO
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "weightshop"
-# Raw's steps and guidance, Turbo's mu, the shift rule's top anchor, Raw's mu at 1024 px
-PRESET_NUMBERS = {RAW.preset.steps, RAW.preset.guidance, TURBO.preset.mu, KREA2.shift.max_tokens, 0.906}
+# Raw's and Turbo's steps, Raw's guidance, Turbo's mu, the shift rule's top anchor, Raw's mu at 1024 px
+PRESET_NUMBERS = {RAW.preset.steps, TURBO.preset.steps, RAW.preset.guidance, TURBO.preset.mu, KREA2.shift.max_tokens,
+                  0.906}
 PRESET_WORDS = re.compile(r"\b(\d+ steps?\b|guidance \d|mu \d)")
 
 
@@ -25,17 +26,39 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return ids
 
 
+PRESET_NAMES = re.compile(r"(^|_)(steps|guidance|guidance_scale|mu)$", re.IGNORECASE)
+
+
+def _numbers_given_to_preset_names(tree: ast.AST):
+    """(node, name) for numbers bound to a name that says steps, guidance or mu: keyword arguments,
+    assignments, annotated fields and parameter defaults."""
+    for node in ast.walk(tree):
+        pairs = []
+        if isinstance(node, ast.keyword) and node.arg:
+            pairs.append((node.arg, node.value))
+        elif isinstance(node, ast.Assign):
+            pairs += [(t.id, node.value) for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            pairs.append((node.target.id, node.value))
+        elif isinstance(node, ast.arguments):
+            args = node.posonlyargs + node.args
+            pairs += list(zip([a.arg for a in args[len(args) - len(node.defaults):]], node.defaults))
+            pairs += [(a.arg, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None]
+        for name, value in pairs:
+            if PRESET_NAMES.search(name) and isinstance(value, ast.Constant) and type(value.value) in (int, float):
+                yield value, name
+
+
 def preset_literals(path: Path) -> list[str]:
-    """Numbers of the presets written as literals in code, and strings (not docstrings) that spell a preset out."""
+    """Preset numbers written as literals where a steps/guidance/mu value is given, and strings (not
+    docstrings) that spell a preset out ("52 steps", "guidance 3.5", "mu 1.15")."""
     tree = ast.parse(path.read_text())
     docs = _docstrings(tree)
-    found = []
+    found = [f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}={node.value!r}"
+             for node, name in _numbers_given_to_preset_names(tree) if node.value in PRESET_NUMBERS]
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Constant) or id(node) in docs:
-            continue
-        if type(node.value) in (int, float) and node.value in PRESET_NUMBERS:
-            found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
-        elif isinstance(node.value, str) and PRESET_WORDS.search(node.value):
+        if isinstance(node, ast.Constant) and id(node) not in docs and isinstance(node.value, str) \
+                and PRESET_WORDS.search(node.value):
             found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
     return found
 
@@ -48,9 +71,10 @@ def test_preset_numbers_live_only_in_the_spec():
 
 def test_the_literal_check_finds_a_retyped_preset(tmp_path):
     planted = PACKAGE / "models" / "_planted_for_test.py"
-    planted.write_text('"""Doc: 52 steps here is fine."""\nSTEPS = 52\nLABEL = "Raw (guidance 3.5)"\n')
+    planted.write_text('"""Doc: 52 steps here is fine."""\nSTEPS = 52\nLABEL = "Raw (guidance 3.5)"\n'
+                       'def f(x, mu=1.15):\n    return g(guidance=3.5, scale=3.5 * x)\nSPAN = 1.15\n')
     try:
-        assert len(preset_literals(planted)) == 2
+        assert len(preset_literals(planted)) == 4  # STEPS, the label, mu=, guidance=; not scale or SPAN
     finally:
         planted.unlink()
 

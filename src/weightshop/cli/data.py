@@ -43,6 +43,8 @@ def check(
     max_aspect: float = typer.Option(4.0, help="Aspect ratios beyond this get a warning."),
     upscale: bool = typer.Option(False, help="Allow upscaling small images into their bucket."),
     ocr: bool = typer.Option(True, help="Look for text / watermarks with OCR (rapidocr)."),
+    features: bool = typer.Option(True, help="Find near duplicates that a crop, rescale or re-save hides from the "
+                                  "perceptual hash, with image features (EfficientNet-Lite0; --no-features is faster)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Check a folder: a verdict per image (ok / fixed / warning / rejected) with reasons, a manifest, a report.
@@ -58,7 +60,8 @@ def check(
         manifest = check_dataset(source, target_area=area, multiple=limits["multiple"], trigger=trigger,
                                  tokenizer=limits["tokenizer"], max_caption_tokens=limits["max_tokens"],
                                  near_duplicate_threshold=near_threshold, ocr=ocr, max_aspect=max_aspect,
-                                 upscale=upscale, progress=lambda d, t, f: progress("images", d, t))
+                                 upscale=upscale, features=features,
+                                 progress=lambda d, t, f: progress("images", d, t))
     if model:
         manifest["model"] = model
     write_manifest(manifest, out / "dataset.json")
