@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from weightshop.eval.gate import gate, noise_floor
 from weightshop.eval.harness import evaluate
 from weightshop.eval.lora import evaluate_lora
+from weightshop.eval.planted import noisy_copy
 from weightshop.eval.suites import nano_suite
 from weightshop.judge import ProbeScorer
 from weightshop.models import builtin
@@ -33,23 +32,8 @@ from weightshop.models.loading import load_model, load_pair
 GATED = ["probe.adherence", "probe.all_correct"]
 
 
-def degraded_copy(root: Path, scale: float, seed: int = 0) -> Path:
-    """krea2-nano-turbo with Gaussian noise of `scale` x each block weight's std, saved anew (its own sha256)."""
-    from diffusers import Krea2Transformer2DModel
-
-    dst = root / f"turbo-noise-{scale:g}"
-    if dst.exists():
-        return dst
-    shutil.copytree(builtin.paths()[1], dst)
-    model = Krea2Transformer2DModel.from_pretrained(dst, subfolder="transformer")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("transformer_blocks.") and p.ndim == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * p.std() * scale)
-    shutil.rmtree(dst / "transformer")
-    model.save_pretrained(dst / "transformer")
-    return dst
+def degraded_copy(root: Path, scale: float) -> Path:
+    return noisy_copy(builtin.paths()[1], root / f"turbo-noise-{scale:g}", scale)
 
 
 def run_of(model, suite, out: Path, name: str, offset: int = 0):
