@@ -52,7 +52,7 @@ def hf_cache_dir() -> str:
 def collect() -> dict:
     import torch
 
-    from weightshop.models.loading import cpu_threads
+    from weightshop.models.device import cpu_threads
 
     report: dict = {
         "python": platform.python_version(),

@@ -149,7 +149,7 @@ def test_progress_in_a_log_shows_rate_and_time_left(capsys, monkeypatch):
 def test_cpu_threads_leave_a_core_free_unless_told(monkeypatch):
     import os
 
-    from weightshop.models.loading import cpu_threads
+    from weightshop.models.device import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cpu_threads() == max(1, len(os.sched_getaffinity(0)) - 1)

@@ -24,6 +24,7 @@ import torch
 from weightshop.errors import WeightshopError
 from weightshop.io import read_json, safetensors_shapes
 from weightshop.models import builtin
+from weightshop.models.device import use_cpu_threads
 from weightshop.models.keys import is_diffusers_layout, is_original_layout, original_to_diffusers
 from weightshop.models.shape import infer_transformer_config, original_shapes_to_diffusers, weight_files
 from weightshop.models.spec import KREA2, CheckpointSpec, FamilySpec
@@ -444,25 +445,6 @@ def _place(pipe, device: str, offload: str) -> None:
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         raise WeightshopError(f"unknown offload mode {offload!r}: expected none, model or sequential")
-
-
-def cpu_threads() -> int:
-    """Intra-op threads for work on the CPU: OMP_NUM_THREADS when set, else one fewer than the cores this process may
-    use (at least one). torch's default (every core) oversubscribes a machine that does anything else: on a busy
-    2-core box training steps ran about 6x slower, with stalls of seconds, than with one thread."""
-    import os
-
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable - 1)
-
-
-def use_cpu_threads() -> int:
-    """Lower torch's intra-op threads to `cpu_threads()` (never raise them: a caller that chose fewer keeps them)."""
-    threads = min(torch.get_num_threads(), cpu_threads())
-    torch.set_num_threads(threads)
-    return threads
 
 
 def _check_device(device: str) -> None:

@@ -147,7 +147,8 @@ def train(cfg: TrainConfig, *, force: bool = False, stop_after: int | None = Non
     from weightshop.data import read_manifest
     from weightshop.data.cache import build_cache, load_cache
     from weightshop.data.manifest import default_cache_dir, manifest_hash
-    from weightshop.models.loading import load_transformer, resolve_source, transformer_hash, use_cpu_threads
+    from weightshop.models.device import use_cpu_threads
+    from weightshop.models.loading import load_transformer, resolve_source, transformer_hash
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
