@@ -173,7 +173,8 @@ def _resolve_features(features):
         fx = feature_extractor()
     except Exception as exc:  # noqa: BLE001 - missing weights or torch: the pHash rule still runs; say why not this
         return None, f"skipped: image features unavailable ({type(exc).__name__}: {exc})"
-    return fx, f"{fx.name} features (cosine >= {dup.FEATURE_COSINE}), confirmed by aligned pixels (>= {dup.ALIGNED_NCC})"
+    return fx, (f"{fx.name} features at {dup.FEATURE_INPUT} px (cosine >= {dup.FEATURE_COSINE}), confirmed by aligned "
+                f"pixels (>= {dup.ALIGNED_NCC})")
 
 
 def _embed_pending(kept: dict, force: bool = True) -> None:

@@ -22,17 +22,18 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-# Calibrated on augmented copies vs distinct images (docs/curation.md; tests/data/test_duplicates.py re-measures):
-# - synthetic photo-like images (tests/data/photos.py; 288 images in 24 sets of 12, mixed sizes): 1584 distinct pairs
-#   reach cosine 0.885 at most but line up at 0.65 at most; 288 augmented copies (crop 3-5 % per side, rescale
-#   0.5-0.8, brightness +-6 %, contrast +-5 %, JPEG 60-80) keep cosine >= 0.842 and aligned pixels >= 0.963; every
-#   3 % crop + JPEG 70 copy >= 0.906 / 0.960.
+# Calibrated on augmented copies vs distinct images, through this module's path (`embed` at FEATURE_INPUT px,
+# `aligned_similarity`); docs/curation.md has the tables and tests/data/test_duplicates.py re-measures a slice:
+# - synthetic photo-like images (tests/data/photos.py; 288 images in 24 sets of 12, mixed sizes): the 1584 distinct
+#   pairs within sets reach cosine 0.873 (their median 0.66) but line up at 0.65 at most; 288 augmented copies (crop
+#   3-5 % per side, rescale 0.5-0.8, brightness +-6 %, contrast +-5 %, JPEG 60-80) keep cosine >= 0.845 and aligned
+#   pixels >= 0.963; every 3 % crop + JPEG 70 copy >= 0.883 / 0.960.
 # - shapes-world domain sets (16 clean sets, 576 images, 11232 distinct pairs within sets): distinct scenes of one
-#   concept reach cosine 0.976 (features alone cannot tell them from copies) and aligned pixels 0.906 at most.
-# So: cosine >= 0.75 picks candidates (every photo copy, with room), aligned pixels >= 0.93 decides (between the
+#   concept reach cosine 0.980, above most copies (features alone cannot tell them apart), and line up at 0.906.
+# So cosine >= 0.75 picks candidates (every photo copy, with room) and aligned pixels >= 0.93 decides (between the
 # shapes' distinct 0.906 and the photo copies' 0.960). On 64 px shapes scenes a JPEG'd or rescaled copy loses too
-# much to line up: 36 % of 3 % crop + JPEG 70 copies and 13 % of augmented copies are found there (exact and
-# lossless copies are the perceptual hash's).
+# much to line up: 36 % of 3 % crop + JPEG 70 copies and 16 % of augmented copies are found (with the perceptual
+# hash: 72 % and 49 %); on the photos 100 % of both (the hash alone: 62 % and 38 %).
 FEATURE_COSINE = 0.75
 ALIGNED_NCC = 0.93
 FEATURE_MAX_CROP = 0.08   # the largest crop per side (fraction of the side) the alignment search covers
@@ -42,7 +43,7 @@ PRESCREEN_NCC = 0.80
 _STEP = 0.02              # crop fractions searched: 0, 0.02, ... FEATURE_MAX_CROP
 FEATURE_BATCH = 32        # images embedded at a time while the check reads them
 FEATURE_SIDE = 256        # copies waiting to be embedded are reduced to this shorter side
-FEATURE_INPUT = 160       # the network's input side for the check (see `embed`)
+FEATURE_INPUT = 128       # the network's input side for the check (see `embed`)
 FEATURE_ONE_THREAD = 64   # sets up to this many images are embedded on one CPU thread (see `embed`)
 FEATURE_NEIGHBOURS = 4    # only each image's nearest few by cosine are aligned: duplicates are nearest neighbours
 
@@ -56,11 +57,11 @@ def feature_copy(image: Image.Image, side: int = FEATURE_SIDE) -> Image.Image:
 def embed(extractor, images: list[Image.Image], size: int = FEATURE_INPUT, threads: int | None = None) -> np.ndarray:
     """Features of `images` as the check computes them: the judge layer's EfficientNet-Lite0 (`judge.features`) on
     its own preprocessing (shorter side 224, centre crop, [-1, 1]) reduced to `size` px before the network. The
-    network pools globally, so any size gives its 1280 features; at 160 px it runs 3x faster than at 224 on CPU
-    (0.16 s vs 0.53 s for 24 images here), which keeps the check's time within twice what it was without
-    features, and the calibration (FEATURE_COSINE) was measured through this same path. Any other extractor is
-    called through its `embed`. `threads` caps torch's CPU threads meanwhile (a few dozen small images gain
-    nothing from a thread pool, and on a busy 2-core machine one thread was 4x faster than two)."""
+    network pools globally, so any size gives its 1280 features; at 128 px it runs 4-5x faster than at 224 on CPU
+    (24 images: 0.11 s vs 0.53 s on two threads, 0.29 s vs 1.7 s on one, on a busy machine), which keeps the check
+    within 1.5x its time without them, and the calibration (FEATURE_COSINE) was measured through this same path.
+    Any other extractor is called through its `embed`. `threads` caps torch's CPU threads meanwhile (a few dozen
+    small images gain nothing from a thread pool, and on a busy 2-core machine one thread was 4x faster than two)."""
     model = getattr(extractor, "model", None)
     if size == 224 or model is None or not hasattr(model, "features"):
         return np.asarray(extractor.embed(images), dtype=np.float32)

@@ -1,27 +1,28 @@
 """A cross-image persistence map: an overlay at the same place in several images, whatever it shows.
 
-A watermark, a logo or a stamp pasted onto some pictures of a set is the one thing in them that is identical
-from picture to picture, pixel for pixel, at one place; everything around it changes. OCR only reads text, and the
-cell rule of `marks` needs a close match in every pair, which a faint, semi-transparent mark over a textured photo
-does not give. Here the question is statistical: at each place, do some images agree far beyond chance?
+A watermark, a logo or a stamp pasted onto some pictures of a set is the one thing in them that is identical from
+picture to picture, pixel for pixel, at one place; everything around it changes. OCR only reads text, and the cell
+rule of `marks` needs a close match in every pair, which a faint, semi-transparent mark over a textured photo does
+not give. Here the question is statistical: at each place, do some images agree far beyond chance?
 
-1. Each image is reduced to a working frame (PERSIST_SIZE square; `frames`) of local residuals: per colour channel,
-   the image minus its own blur, so strokes and edges stay and the scene's smooth shading goes. Per channel keeps
-   the sign of a white, black or saturated mark on any background (it is lighter, darker or redder there in every
-   picture), and a doubled-angle gradient channel (the edge orientation, the same whichever side is lighter) keeps
-   a mid-grey mark whose contrast flips from light to dark backgrounds.
-2. The frame is cut into overlapping cells; in each cell every pair of images is correlated, and so is every pair
-   with one image slid by PERSIST_SHIFT pixels in 8 directions. The slid correlations are what chance gives these
-   pictures here (the null), so an in-place correlation is scored in units of their spread (a z score), and a pair
-   agrees only if it matches in place far more than slid (an overlay is pinned to one place; a straight outline or a
-   stripe texture also matches when slid along itself).
-3. A persistent overlay is a group of >= PERSIST_MIN_IMAGES images agreeing pairwise in a cell. Its members are then
-   decided against the group's own consensus: each image's residual is correlated with the median of the group's
-   (leaving itself out), which picks up members too faint to match every other one pairwise, and drops passers-by.
-4. Pairs that agree over much of the frame are the same scene (a near duplicate), not a mark, and are left out.
+1. Each image is reduced to working frames of local residuals (`frames`): per colour channel, the image minus its
+   own box blur, so strokes and edges stay and the scene's shading goes. Per channel keeps the sign of a white,
+   black or saturated mark on any background.
+2. A frame is cut into overlapping cells; in each cell every pair of images is correlated per channel, in units of
+   what chance gives these images there (their cells half a frame away: `cell_scores`), and the channels' z scores
+   are folded without their sign (a mid-grey mark is lighter than one picture and darker than another). A pair
+   agrees only if it also matches in place better than with one image slid by PERSIST_SHIFT px: an overlay is
+   pinned to one place, while a straight outline or a stripe texture also matches when slid along itself.
+3. A persistent overlay is a group of >= PERSIST_MIN_IMAGES images agreeing pairwise in a cell (each with at least
+   two others) at a mean z >= PERSIST_GROUP_Z. Its members are then decided against the group's own consensus: each
+   image's residual is correlated with the median of the group's (itself left out), which picks up members too
+   faint to match every other one pairwise and drops passers-by (`_members`).
+4. Pairs that agree over much of the frame are one scene (a near duplicate, a burst), not a mark, and are left out.
 
-`persistence_map` also returns, per cell, the best group score, and for each mark the median residual of its
-images (the overlay as the images share it), which the report draws. Everything is numpy and deterministic.
+A mark can be placed relative to the whole frame, to the width (a "proportional" watermark on landscape and portrait
+pictures), or in pixels (a fixed-size stamp on pictures of different sizes); `find_marks` searches a set under each
+anchor it needs. The thresholds and what they were measured on: docs/curation.md. Everything is numpy and
+deterministic.
 """
 
 from __future__ import annotations
@@ -128,11 +129,6 @@ def _pool(frame: np.ndarray, side: int) -> np.ndarray:
     if k <= 1:
         return frame
     return frame.astype(np.float32).reshape(frame.shape[0], side, k, side, k).mean((2, 4))
-
-
-def frame(image: Image.Image) -> np.ndarray:
-    """The whole-image working frame (see `frames`)."""
-    return frames(image)["frame"]
 
 
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1), (0, -1), (-1, 0), (-1, -1), (-1, 1))
@@ -431,7 +427,7 @@ def find_marks(per_image: list[dict[str, np.ndarray]], names: list[str], sizes: 
     set still falls >= min_images times into each chunk), so the cost grows linearly.
 
     Returns {"marks": [{"anchor", "box", "boxes" {file: box in that image}, "files", "score", "member_z"}],
-    "maps": {anchor: best group score per cell}, "anchors": [...]} (overlays: `consensus_image`)."""
+    "maps": {anchor: best group score per cell}, "anchors": [...]} (the report draws `median_image`)."""
     n = len(per_image)
     anchors = anchors_for(sizes)
     chunks = max(1, -(-n // PERSIST_CHUNK))

@@ -129,13 +129,15 @@ def learned_marks(lora_images: list[Image.Image], base_images: list[Image.Image]
     that also persist there, at the same place, count: the LoRA learned them from its data. Without that check the
     concept itself drawn at one place in a few images passes for a mark (measured on the demo's star LoRA: a star
     in the upper right of 3 of 72 images)."""
-    from weightshop.data.persistence import find_persistent, frame
+    from weightshop.data.persistence import find_marks, frames
 
     def marks(images: list[Image.Image]) -> list[dict]:
+        """Each mark with its box in image coordinates (0..1), taken from its first image."""
         if len(images) < 3:
             return []
-        stack = np.stack([frame(im) for im in images])
-        return find_persistent(stack, [str(i) for i in range(len(images))])["marks"]
+        names = [str(i) for i in range(len(images))]
+        found = find_marks([frames(im) for im in images], names, [im.size for im in images])["marks"]
+        return [{**m, "box": m["boxes"][m["files"][0]]} for m in found]
 
     lora, base = marks(lora_images), marks(base_images)
     new = [m for m in lora if not any(_overlap(m["box"], b["box"]) > 0.5 for b in base)]
