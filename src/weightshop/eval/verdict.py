@@ -84,18 +84,14 @@ def decide(raw: Option, turbo: Option, flags: dict[str, list[str]], tolerances: 
         reasons.append(f"fix the LoRA first: it is flagged for {', '.join(blocked)} on both checkpoints")
         return Verdict("neither", raw.strength, reasons, [raw, turbo], every_flag)
     turbo_ok = True
-    if turbo.concept is not None and raw.concept is not None:
-        gap = raw.concept - turbo.concept
-        ok = gap <= tol_c
+    for what, tolerance in (("concept", tol_c), ("adherence", tol_a)):  # Turbo may trail Raw by the tolerance
+        t, r = getattr(turbo, what), getattr(raw, what)
+        if t is None or r is None:
+            continue
+        ok = r - t <= tolerance
         turbo_ok &= ok
-        reasons.append(f"concept: Turbo {100 * turbo.concept:.1f} % vs Raw {100 * raw.concept:.1f} % "
-                       f"({'within' if ok else 'beyond'} the {100 * tol_c:.1f}-point tolerance)")
-    if turbo.adherence is not None and raw.adherence is not None:
-        gap = raw.adherence - turbo.adherence
-        ok = gap <= tol_a
-        turbo_ok &= ok
-        reasons.append(f"adherence: Turbo {100 * turbo.adherence:.1f} % vs Raw {100 * raw.adherence:.1f} % "
-                       f"({'within' if ok else 'beyond'} the {100 * tol_a:.1f}-point tolerance)")
+        reasons.append(f"{what}: Turbo {100 * t:.1f} % vs Raw {100 * r:.1f} % "
+                       f"({'within' if ok else 'beyond'} the {100 * tolerance:.1f}-point tolerance)")
     turbo_only = [f for f in flags.get("turbo", []) if _kind(f) not in raw_kinds]
     if turbo_only:  # a problem Raw + LoRA does not have
         turbo_ok = False
