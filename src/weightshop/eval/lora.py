@@ -140,18 +140,17 @@ def evaluate_lora(lora: str | Path, out_dir: str | Path, *, pair, suite: str | P
 def _agreement(runs: dict, judges: list) -> dict | None:
     """Where two judges report the concept (probe and geometry), how often they agree per run, flagged when their
     rates part by more than the stated margin."""
+    from weightshop.judge.agreement import agreement
+
     names = [j.name for j in judges if j.name in ("probe", "geometry")]
     if len(names) < 2:
-        return None
-    try:
-        from weightshop.judge.geometry import agreement
-    except ImportError:
         return None
     out = {}
     for name, run in runs.items():
         a, b = run.values(f"{names[0]}.concept", "subject"), run.values(f"{names[1]}.concept", "subject")
         keys = sorted(set(a) & set(b))
-        out[name] = agreement([a[k] for k in keys], [b[k] for k in keys])
+        if keys:  # a suite without subject prompts has nothing to agree on
+            out[name] = agreement([a[k] for k in keys], [b[k] for k in keys])
     return out
 
 

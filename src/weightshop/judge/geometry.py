@@ -38,7 +38,6 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from weightshop.errors import WeightshopError
-from weightshop.judge.agreement import MARGIN_POINTS, agreement  # noqa: F401  (the two judges' agreement, here too)
 from weightshop.judge.base import ADHERENCE, CONCEPT, Job, JudgeIdentity, means
 
 SIDE = 64  # every image is judged at krea2-nano's size, where the thresholds were fitted
