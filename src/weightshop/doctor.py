@@ -16,7 +16,7 @@ from pathlib import Path
 # (import name, distribution, what needs it)
 EXTRAS = (
     ("bitsandbytes", "bitsandbytes", "8-bit AdamW and nf4 base on CUDA (training)"),
-    ("torchao", "torchao", "int8/fp8 quantized base (training, quantization)"),
+    ("gguf", "gguf", "GGUF export and import (quantization)"),
     ("prodigyopt", "prodigyopt", "Prodigy optimiser (training)"),
     ("tensorboard", "tensorboard", "TensorBoard logging (training)"),
     ("imagehash", "ImageHash", "near-duplicate detection (data check)"),

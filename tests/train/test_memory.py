@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from weightshop.errors import WeightshopError
 from weightshop.train import train
-from weightshop.train.memory import store_base, weight_bytes
+from weightshop.quant.layers import weight_bytes
+from weightshop.train.memory import store_base
 
 from tests.train.test_trainer import config, manifest_path  # noqa: F401  (fixture)
 
@@ -117,7 +118,7 @@ def test_bench_train_measures_every_base_with_ratios_to_the_first(tmp_path):
 
 
 def test_fp8_linear_is_the_scaled_float8_weight_and_beats_an_unscaled_cast():
-    from weightshop.train.memory import FP8_MAX, Float8Linear
+    from weightshop.quant.layers import FP8_MAX, Float8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)
@@ -147,7 +148,7 @@ def test_an_fp8_base_trains_under_checkpointing_and_regional_compile(base):
 
 
 def test_row_quantization_puts_each_rows_amax_on_float8s_max_within_its_rounding():
-    from weightshop.train.memory import FP8_MAX, quantize_rows
+    from weightshop.quant.layers import FP8_MAX, quantize_rows
 
     torch.manual_seed(0)
     x = torch.randn(16, 64) * torch.logspace(-4, 2, 16).unsqueeze(1)  # rows six decades apart
@@ -161,7 +162,7 @@ def test_row_quantization_puts_each_rows_amax_on_float8s_max_within_its_rounding
 
 
 def test_fp8_matmul_linear_is_the_row_scaled_float8_product_forward_and_backward():
-    from weightshop.train.memory import FP8_MAX, Float8MatmulLinear, quantize_rows
+    from weightshop.quant.layers import FP8_MAX, Float8MatmulLinear, quantize_rows
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)

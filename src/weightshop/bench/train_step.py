@@ -41,7 +41,7 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
 
     `memory_cap_gib` (CUDA) lets the steps allocate no more than that, as on a smaller card: the check that a
     configuration fits, the caching allocator's slack included (the random weights are built before it applies)."""
-    from weightshop.train.memory import weight_bytes
+    from weightshop.quant.layers import weight_bytes
     from weightshop.train.synthetic import trainer_step
 
     cuda = device.startswith("cuda")

@@ -76,7 +76,7 @@ class MemoryConfig(_Strict):
     autocast: Literal["none", "bf16"] = "none"
     base_dtype: Literal[BASE_DTYPES] = Field(
         "none", description="Store the frozen transformer blocks in fp8 (scaled, upcast per layer), fp8-mm (fp8 "
-                            "matmuls in forward and backward: Ada/Hopper GPUs), int8 (torchao) or nf4 (bitsandbytes, CUDA); "
+                            "matmuls in forward and backward: Ada/Hopper GPUs), int8 (per-channel, weight-only) or nf4 (bitsandbytes, CUDA); "
                             "the LoRA stays fp32.")
     compile: bool = Field(False, description="Regional torch.compile of the repeated transformer block.")
 
@@ -115,7 +115,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _dora_needs_a_full_precision_base(self):
         # peft's DoRA reads the frozen weight on every forward (its row norms divide the magnitude vector): a base
-        # stored in fp8/int8/nf4 would put the quantisation error into every norm, and torchao/bitsandbytes weights
+        # stored in fp8/int8/nf4 would put the quantisation error into every norm, and quantized/bitsandbytes weights
         # are not plain tensors there. So DoRA trains on an unquantised base only.
         if self.lora.dora and self.memory.base_dtype != "none":
             raise ValueError(f"lora.dora needs the base in full precision (peft normalises by the frozen weight's "

@@ -103,7 +103,7 @@ def base_weight_bytes(counts: ParamCounts, model_dtype: str, base_dtype: str = "
 def dequantized_weight_bytes(counts: ParamCounts, base_dtype: str, checkpointing: bool, dt: "ActivationDtypes") -> int:
     """Compute-dtype copies of quantized weights alive at the peak.
 
-    fp8 (`Float8Linear`) and int8 (torchao weight-only) upcast a Linear's weight for its forward, and
+    fp8 (`Float8Linear`) and int8 (`Int8Linear`) upcast a Linear's weight for its forward, and
     the matmul keeps that copy for the backward: without checkpointing every block's weights come back in bf16 (the
     saving is gone at the peak), with it only the recomputed block's (measured on CPU: docs/memory.md). bitsandbytes
     nf4 keeps its packed state and dequantizes again in backward: one weight at a time, forward and backward.

@@ -173,7 +173,7 @@ def suggest(cfg: TrainConfig, plan: MemoryPlan, shape: ModelShape, gpu_bytes: in
     if not cfg.lora.dora:
         if value("memory.base_dtype") == "none":
             step("base fp8 (scaled, upcast per layer)", **{"memory.base_dtype": "fp8"})
-            steps.append(("or base int8 (torchao), instead of fp8", {**changes, "memory.base_dtype": "int8"}, size, True))
+            steps.append(("or base int8 (per-channel), instead of fp8", {**changes, "memory.base_dtype": "int8"}, size, True))
         if value("memory.base_dtype") != "nf4":
             step("base nf4 (bitsandbytes, CUDA)", **{"memory.base_dtype": "nf4"})
     if value("lora.text_fusion"):
