@@ -4,7 +4,7 @@
 # base with gradient checkpointing, then fp8-mm and bf16 with regional torch.compile at 1024 px, then fp8-mm +
 # compile again under a 24 GB card's memory. One command, about 5 minutes on an H100 (under 8).
 #
-# On a machine without diffusers/peft/torchao, carry their wheels in .whl/ (see docs/benchmarks.md).
+# On a machine without diffusers/peft, carry their wheels in .whl/ (see docs/benchmarks.md).
 set -u
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -15,11 +15,11 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 OUT="${OUT:-weightshop-out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, diffusers, peft, torchao; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'torchao', torchao.__version__)"
+python3 -c "import torch, diffusers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
 # the float8 matmul's error against bf16 at a full-size block shape, before anything is timed
 python3 - <<'PY' || exit 1
 import torch
-from weightshop.train.memory import Float8MatmulLinear
+from weightshop.quant.layers import Float8MatmulLinear
 torch.manual_seed(0)
 lin = torch.nn.Linear(6144, 16384, device="cuda", dtype=torch.bfloat16)
 x = torch.randn(4608, 6144, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -36,3 +36,14 @@ def test_demo_refuses_a_concept_raw_has_seen(tmp_path):
     with pytest.raises(WeightshopError, match="demo concept 'circle': expected one of star, striped"):
         run_demo(tmp_path, concept="circle")
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_demo_keeps_the_smallest_quantized_file_that_passed():
+    from weightshop.demo import choose_quantized
+
+    formats = [{"format": "fp8", "file_bytes": 100, "passed": True},
+               {"format": "int8", "file_bytes": 90, "passed": False},
+               {"format": "q8_0", "file_bytes": 95, "passed": True},
+               {"format": "q4_0", "file_bytes": 50, "passed": None}]  # not gated: not a pass
+    assert choose_quantized(formats)["format"] == "q8_0"
+    assert choose_quantized([{**f, "passed": False} for f in formats]) is None

@@ -7,8 +7,10 @@ twice to show the second run is a no-op), train (the concept's LoRA on Raw from 
 Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio, recommended
 strength, what the LoRA does at strength 1 (`lora_figures`), a ComfyUI workflow) and evaluate (the release
 decision: Raw and Turbo with and without the LoRA on the concept's suite, two judges, the overfitting checks, the
-gate on prompts without the concept, the production verdict). Later stages (quantize, serve) each add a step here
-and a section to the report. Without the trained krea2-nano weights
+gate on prompts without the concept, the production verdict) and quantize (nano-Turbo in fp8, int8 and GGUF Q8_0,
+each file's drift from the unquantized Turbo with and without the LoRA, the smallest file that passes the gate
+chosen for what follows) and serve (that model behind `weightshop serve`'s API for a moment: one image through the
+OpenAI-compatible endpoint with the LoRA, its latency and cost per image). Without the trained krea2-nano weights
 (before the first `weightshop nano build`), the demo runs the same path on tiny random-weight components and
 says so.
 """
@@ -246,6 +248,77 @@ def _evaluate(pair: ModelPair, lora: str, strength: float, workdir: Path, progre
     return summary, body
 
 
+# The formats the demo quantizes nano-Turbo to: ComfyUI's fp8 and int8 layouts and GGUF Q8_0.
+DEMO_FORMATS = ("fp8", "int8", "q8_0")
+
+
+def choose_quantized(formats: list[dict]) -> dict | None:
+    """The smallest file whose drift passed the gate in every setting (with and without the LoRA), or None."""
+    passed = [f for f in formats if f["passed"]]
+    return min(passed, key=lambda f: f["file_bytes"]) if passed else None
+
+
+def _quantize(pair: ModelPair, lora: str, strength: float, workdir: Path, progress: Progress, nano: bool,
+              concept: str) -> tuple[dict, str]:
+    """nano-Turbo in fp8, int8 and GGUF Q8_0: each file loaded back and rendered on the concept's suite with and
+    without the LoRA, its drift from the unquantized Turbo measured and gated; the smallest file that passes is the
+    model the rest of the loop (serving) runs."""
+    from weightshop.eval.drift import measure_drift, table_rows
+    from weightshop.eval.generation import LoraUse
+    from weightshop.eval.lora import default_judges, lora_trigger
+    from weightshop.eval.suites import nano_suite
+    from weightshop.report import data_uri
+
+    suite = nano_suite(concept, subject=12, plain=8) if nano else nano_suite(concept, subject=2, plain=2)
+    judges, skipped = default_judges(Path(pair.turbo.source.transformer), suite, concept, None, real=False)
+    summary = measure_drift(pair.turbo, list(DEMO_FORMATS), workdir / "quantize", suite=suite, judges=judges,
+                            loras=[LoraUse(Path(lora), strength)], trigger=lora_trigger(lora), batch_size=24,
+                            progress=lambda label, d, t: progress(f"quantize {label}", d, t))
+    chosen = choose_quantized(summary["formats"])
+    out = {"table": table_rows(summary), "chosen": None if chosen is None else chosen["format"],
+           "chosen_path": None if chosen is None else chosen["path"], "report": summary["report"],
+           "seconds": summary["seconds"], "skipped_judges": skipped}
+    from weightshop.eval.drift import drift_plot
+
+    pick = ("none passed the drift gate: the rest of the loop keeps the unquantized Turbo" if chosen is None else
+            f"the rest of the loop runs <b>{chosen['format']}</b> ({chosen['file_bytes'] / 1e6:.1f} MB, "
+            f"{chosen['file_bytes'] / max(chosen['reference_bytes'], 1):.0%} of the unquantized file): the smallest "
+            "whose drift passed the gate with and without the LoRA")
+    body = (f"<p>nano-Turbo quantized to {', '.join(DEMO_FORMATS)}, each file loaded back and rendered on "
+            f"{summary['pairs']} prompt/seed pairs of the {concept} suite, against the unquantized Turbo with the same "
+            f"seeds; {pick}. Full report: <a href='quantize/report.html'>quantize/report.html</a>.</p>"
+            + table_html(out["table"]) + f"<img src='{data_uri(drift_plot(summary))}'>")
+    return out, body
+
+
+def _serve(pair: ModelPair, lora: str, strength: float, quantized: str | None) -> tuple[dict, str]:
+    """The loop's end: a server started briefly on loopback with the model the quantize stage chose (the
+    unquantized Turbo when no file passed), one image generated through its OpenAI-compatible API with the LoRA,
+    its latency and cost per image."""
+    from weightshop.models.loading import SharedComponents, load_model
+    from weightshop.serve import smoke
+
+    model = pair.turbo
+    if quantized:
+        pipe = pair.turbo.pipeline
+        shared = SharedComponents(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.text_encoder_select_layers,
+                                  pair.turbo.source.components)
+        model = load_model(quantized, components=pair.turbo.source.components, checkpoint="turbo", dtype="fp32",
+                           shared=shared)
+    result = smoke(model, lora, strength, dollars_per_hour=DEMO_DOLLARS_PER_HOUR)
+    summary = {"model": quantized or str(pair.turbo.source.transformer), **{
+        k: result[k] for k in ("latency_s", "render_s", "cost_per_image", "dollars_per_hour", "image_bytes", "lora")}}
+    body = (f"<p>weightshop serve on 127.0.0.1 with {Path(summary['model']).name}: one image through "
+            f"<code>POST /v1/images/generations</code> with the LoRA at strength {strength:g} took "
+            f"{result['latency_s']:.2f} s end to end ({result['render_s']:.2f} s rendering), "
+            f"${result['cost_per_image']:.6f} per image at ${DEMO_DOLLARS_PER_HOUR:g}/device-hour.</p>")
+    return summary, body
+
+
+# The device-hour price the demo's cost per image is computed from (an on-demand cloud GPU's order of magnitude).
+DEMO_DOLLARS_PER_HOUR = 2.0
+
+
 def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int = 24,
              nano_root: Path | None = None, quick: bool = False, concept: str = DEMO_CONCEPT) -> dict:
     """Run every stage on krea2-nano (the committed family, or the one packaged at nano_root).
@@ -280,9 +353,14 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
     transfer_summary, transfer_body = _transfer(pair, train_summary["lora"], workdir, progress, nano, concept)
     eval_summary, eval_body = _evaluate(pair, train_summary["lora"], transfer_summary["recommended_strength"], workdir,
                                         progress, nano, concept)
+    quantize_summary, quantize_body = _quantize(pair, train_summary["lora"], transfer_summary["recommended_strength"],
+                                                workdir, progress, nano, concept)
+    serve_summary, serve_body = _serve(pair, train_summary["lora"], transfer_summary["recommended_strength"],
+                                       quantize_summary["chosen_path"])
     summary = {"model": model_name, "concept": concept, "stages": {"generate": generate_summary, "curate": curate_summary,
                                                "train": train_summary, "transfer": transfer_summary,
-                                               "eval": eval_summary}}
+                                               "eval": eval_summary, "quantize": quantize_summary,
+                                               "serve": serve_summary}}
     report = write_html(workdir / "report.html", "weightshop demo", [
         ("Model", f"<p>{model_name}</p>"),
         (f"Generate: Raw ({pair.raw.checkpoint.preset.steps} steps, guidance {pair.raw.checkpoint.preset.guidance:g}) "
@@ -291,6 +369,8 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         (f"Train: a {concept} LoRA on Raw, from the cache", train_body),
         ("Transfer: the LoRA on Turbo, strength sweep against Raw", transfer_body),
         ("Evaluate: the release decision", eval_body),
+        ("Quantize: nano-Turbo in fp8, int8 and GGUF Q8_0, and what each costs", quantize_body),
+        ("Serve: the chosen model behind the HTTP API, with the LoRA", serve_body),
     ])
     summary["seconds"] = time.perf_counter() - start
     summary["report"] = str(report)

@@ -35,6 +35,15 @@ def _replacing(path: Path) -> Iterator[str]:
         raise
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that insist on a path of their own (the gguf package's GGUFWriter): a temporary file beside
+    `path` to write, renamed over `path` when the block succeeds (readers see the old file or the whole new one),
+    removed when it fails."""
+    with _replacing(Path(path)) as tmp:
+        yield Path(tmp)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write data so that readers see either the old file or the whole new one, never a torn write."""
     path = Path(path)

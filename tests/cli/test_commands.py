@@ -21,7 +21,7 @@ def test_help_lists_only_working_commands():
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
     assert commands == {"doctor", "info", "generate", "demo", "nano", "data", "train", "plan", "lora", "transfer",
-                        "bench", "eval", "version"}
+                        "bench", "eval", "quantize", "serve", "version"}
     for command in commands:
         assert command in result.stdout
 
@@ -95,7 +95,17 @@ def test_demo_json(tmp_path):
     transfer = summary["stages"]["transfer"]
     assert transfer["recommended_strength"] in (0.5, 1.0, 1.5)
     assert (tmp_path / "transfer" / "transfer.json").is_file() and transfer["comfyui"]
-    assert (tmp_path / "report.html").read_text().count("<img") == 1
+    quantize = summary["stages"]["quantize"]
+    assert {(r["format"], r["lora"]) for r in quantize["table"]} == {(f, lora) for f in ("fp8", "int8", "q8_0")
+                                                                       for lora in ("no", "yes")}
+    assert all(0 < r["size vs ref"] < 1 for r in quantize["table"])
+    chosen = [r for r in quantize["table"] if r["format"] == quantize["chosen"]]
+    assert quantize["chosen"] is None or all(r["gate"] == "pass" for r in chosen)
+    assert (tmp_path / "quantize" / "report.html").is_file()
+    serve = summary["stages"]["serve"]
+    assert serve["latency_s"] > 0 and serve["cost_per_image"] > 0 and serve["lora"]
+    assert serve["model"] == (quantize["chosen_path"] or serve["model"])
+    assert (tmp_path / "report.html").read_text().count("<img") == 2  # the generate grid and the drift plot
 
 
 def test_nano_card_without_a_build_record_is_a_clear_error(tmp_path):

@@ -21,7 +21,7 @@ from weightshop.models.loading import (
 from weightshop.models.tiny import write_single_file
 
 
-def _forward(transformer, seed=0):
+def forward_once(transformer, seed=0):
     g = torch.Generator().manual_seed(seed)
     cfg = transformer.config
     latents = torch.randn(2, 16, cfg.in_channels, generator=g)
@@ -48,7 +48,7 @@ def test_single_file_in_original_layout_equals_directory_load(tiny_dirs, tiny_ra
     assert single.source.kind == "single_file" and single.checkpoint.name == "raw"
     a, b = tiny_raw.pipeline.transformer.state_dict(), single.pipeline.transformer.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(_forward(tiny_raw.pipeline.transformer), _forward(single.pipeline.transformer))
+    assert torch.equal(forward_once(tiny_raw.pipeline.transformer), forward_once(single.pipeline.transformer))
 
 
 def test_single_file_with_diffusers_names_and_prefixed_original_names(tiny_raw, tmp_path):
@@ -59,7 +59,7 @@ def test_single_file_with_diffusers_names_and_prefixed_original_names(tiny_raw, 
     save_file(prefixed, str(tmp_path / "p.safetensors"))
     for name in ("d", "p"):
         model = load_single_file_transformer(tmp_path / f"{name}.safetensors", cfg)
-        assert torch.equal(_forward(model), _forward(tiny_raw.pipeline.transformer))
+        assert torch.equal(forward_once(model), forward_once(tiny_raw.pipeline.transformer))
 
 
 def test_official_folder_layout_picks_the_checkpoint_file(tiny_dirs, tiny_raw, tmp_path):
@@ -81,7 +81,7 @@ def test_turbo_is_detected_and_pair_shares_components(tiny_dirs):
     assert pair.raw.pipeline.vae is pair.turbo.pipeline.vae
     assert pair.raw.pipeline.text_encoder is pair.turbo.pipeline.text_encoder
     assert pair.raw.pipeline.transformer is not pair.turbo.pipeline.transformer
-    assert not torch.equal(_forward(pair.raw.pipeline.transformer), _forward(pair.turbo.pipeline.transformer))
+    assert not torch.equal(forward_once(pair.raw.pipeline.transformer), forward_once(pair.turbo.pipeline.transformer))
 
 
 def test_bf16_keeps_norms_in_fp32(tiny_dirs, tiny_raw, tmp_path):

@@ -240,7 +240,7 @@ def test_demo_runs_on_a_packaged_nano_family(smoke, tmp_path):
     assert [r["setting"].split(" (")[0] for r in rows] == ["nano-Raw preset", "nano-Raw 8 steps, no guidance",
                                                            "nano-Turbo preset"]
     assert all(0.0 <= r["all_correct"] <= 1.0 and "acc_shape" in r for r in rows)
-    assert (tmp_path / "report.html").read_text().count("<img") == 1
+    assert (tmp_path / "report.html").read_text().count("<img") == 2  # the comparison grid and the drift plot
     # curation catches every planted fault, and the images left out are the three marked ones, no others (6 star
     # images whose points sat at the same place were flagged too before the mark check's lone-cell and shift rules)
     curate = summary["stages"]["curate"]

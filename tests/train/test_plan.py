@@ -10,8 +10,9 @@ from weightshop.cli.main import app
 from weightshop.errors import WeightshopError
 from weightshop.train import load_config
 from weightshop.models.shape import full_size_shape, model_shape
+from weightshop.quant.formats import stored_bytes
 from weightshop.train.plan import (GiB, activation_dtypes, base_weight_bytes, count_parameters, measure_training_step,
-                                   parse_gpu, plan, predict, quantized_bytes)
+                                   parse_gpu, plan, predict)
 
 MiB = 2**20
 FIELDS = {"model_dtype": "model.dtype", "autocast": "memory.autocast", "base_dtype": "memory.base_dtype",
@@ -71,15 +72,15 @@ def test_quantized_base_bytes(full):
     counts = count_parameters(full, lora("krea-default", 32))
     bf16 = base_weight_bytes(counts, "bf16")
     blocks_bf16 = 2 * counts.quantizable
-    fp8 = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, "fp8")
-    nf4 = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, "nf4")
+    fp8 = stored_bytes("fp8", counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels)
+    nf4 = stored_bytes("nf4", counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels)
     assert fp8 / blocks_bf16 == pytest.approx(0.5, abs=1e-6)  # fp8 halves the blocks' bf16 bytes
     assert nf4 / blocks_bf16 == pytest.approx((0.5 + 4 / 64) / 2, abs=1e-6)  # 4 bits + an fp32 absmax per 64
     assert bf16 - base_weight_bytes(counts, "bf16", "fp8") == blocks_bf16 - fp8
     assert 0.5 < base_weight_bytes(counts, "bf16", "fp8") / bf16 < 0.55  # the rest stays bf16
     assert base_weight_bytes(counts, "bf16", "int8") > base_weight_bytes(counts, "bf16", "fp8")  # per-channel scales
     # fp8-mm: the same float8 bytes with int8's per-channel scales (measured on the H100 with the fp32 LoRA: 12.92 GiB)
-    fp8_mm = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, "fp8-mm")
+    fp8_mm = stored_bytes("fp8-mm", counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels)
     assert fp8_mm - fp8 == 4 * (counts.quantizable_out_channels - counts.quantizable_linears)
     assert (base_weight_bytes(counts, "bf16", "fp8-mm") + 4 * counts.lora) / 2**30 == pytest.approx(12.923, rel=0.001)
 

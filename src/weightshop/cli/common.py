@@ -40,12 +40,10 @@ QUIET_ENVIRONMENT = {
     "TQDM_DISABLE": "1",
 }
 
-# Import-time noise of the pinned torch 2.13 with torchao 0.18, printed before any command's own output:
-# torchao's optional C extensions built for other torch / CUDA builds ("Failed to load .../torchao/_C_mxfp8...so")
-# and torch's deprecation note on torchao registering its Enums as pytree constants. Only these messages are
-# dropped; every other record of these loggers (and all of weightshop's) still shows.
+# Import-time noise printed before any command's own output: torch's deprecation note on a library registering its
+# Enums as pytree constants (seen with the pinned torch 2.13). Only these messages are dropped; every other record
+# of these loggers (and all of weightshop's) still shows.
 IMPORT_NOISE = {
-    "torchao": ("Failed to load ",),
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported by torch.compile",),
 }
 

@@ -63,4 +63,16 @@ def demo(
                   f"{'n/a' if e['gate_passed'] is None else 'pass' if e['gate_passed'] else 'FAIL'}", highlight=False)
     for line in e["reasons"] + e["flags"]:
         console.print(f"  {line}", highlight=False)
+    q = summary["stages"]["quantize"]
+    console.print("quantize: drift of nano-Turbo's files against the unquantized Turbo (same seeds)")
+    for r in q["table"]:
+        console.print(f"  {r['format']:<6} LoRA {r['lora']:<3} {r['file MB']:>7.2f} MB ({r['size vs ref']:.0%})  "
+                      f"PSNR {r['PSNR dB']:.1f} dB  SSIM {r['SSIM']:.3f}  adherence delta "
+                      f"{'n/a' if r['adherence delta'] is None else format(r['adherence delta'], '+.3f')}  "
+                      f"gate {r['gate']}", highlight=False)
+    console.print(f"  from here on: {q['chosen'] or 'the unquantized Turbo (no file passed the gate)'}",
+                  highlight=False)
+    v = summary["stages"]["serve"]
+    console.print(f"serve: one image through POST /v1/images/generations with the LoRA in {v['latency_s']:.2f} s, "
+                  f"${v['cost_per_image']:.6f} per image at ${v['dollars_per_hour']:g}/device-hour", highlight=False)
     console.print(f"report: [bold]{summary['report']}[/]")

@@ -42,8 +42,14 @@ def generate(
     out: Path = typer.Option(Path("weightshop-out/generate"), "--out", "-o", help="Output directory."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    offload: str = typer.Option("none", help="none, model (CPU offload per model) or sequential."),
-    release_text_encoder: bool = typer.Option(False, help="Free the text encoder after encoding the prompts."),
+    offload: str = typer.Option("none", help="none, model (one model on the device at a time), group (transformer "
+                                "blocks stream in) or sequential (every weight streams in; slowest)."),
+    group_level: str = typer.Option("block", help="With --offload group: block (a transformer block at a time) or "
+                                    "leaf (one layer at a time)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in 256 px tiles (less memory, big images)."),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode a batch one image at a time."),
+    text_encoder: str = typer.Option("keep", help="After encoding: keep, offload (to the CPU) or release it."),
+    release_text_encoder: bool = typer.Option(False, help="Same as --text-encoder release."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate images with Krea 2 Raw or Turbo at the checkpoint's preset; PNGs carry their parameters."""
@@ -51,7 +57,10 @@ def generate(
     from weightshop.generate import generate as run
     from weightshop.lora import LoraRequest
     from weightshop.models.loading import load_model
+    from weightshop.models.placement import Placement
 
+    placement = Placement(offload, group_level, 1, vae_tiling, vae_slicing,
+                          "release" if release_text_encoder else text_encoder)  # bad values fail before loading
     device = resolve_device(device)
 
     prompts = list(prompt or []) + (read_prompt_file(prompt_file) if prompt_file else [])
@@ -63,12 +72,13 @@ def generate(
     request = GenerateRequest(
         prompts=prompts, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
         guidance=guidance, mu=mu, seeds=seeds, batch_size=batch_size,
-        loras=[LoraRequest.parse(text) for text in lora or []], release_text_encoder=release_text_encoder,
+        loras=[LoraRequest.parse(text) for text in lora or []], text_encoder=placement.text_encoder,
     )
     request.validate()
     with console.status(f"loading {model}"):
         loaded = load_model(model, components=components, checkpoint=checkpoint, dtype=dtype, device=device,
-                            offload=offload)
+                            offload=offload, group_level=group_level, vae_tiling=vae_tiling,
+                            vae_slicing=vae_slicing, text_encoder=placement.text_encoder)
     start = time.perf_counter()
     with step_progress("denoising") as progress:
         images = run(loaded, request, out, on_step=lambda d, t: progress(loaded.checkpoint.name, d, t))
@@ -77,6 +87,7 @@ def generate(
     result = {
         "model": rec["model"], "loras": rec["loras"], "steps": rec["steps"], "guidance": rec["guidance"],
         "mu": rec["mu"], "width": rec["width"], "height": rec["height"], "seconds": seconds,
+        "placement": placement.to_dict(),
         "seconds_per_image": seconds / len(images),
         "images": [{"path": str(i.path), "prompt": i.record["prompt"], "seed": i.record["seed"]} for i in images],
     }

@@ -33,4 +33,11 @@ def info(
         table.add_row("image sides", f"multiples of {result['size_multiple']}, default {result['default_size']}")
         p = result["preset"]
         table.add_row("preset", f"{p['steps']} steps, guidance {p['guidance']}, mu {p['mu']:.3f} ({p['mu_rule']})")
+        q = result.get("quantization")
+        if q:
+            formats = ", ".join(f"{n} x {k}" for k, n in q["formats"].items())
+            table.add_row("quantized", f"{q['container']}: {q['quantized_layers']} layers ({formats}); "
+                                       f"{len(q['kept'])} Linears kept in high precision")
+            if q.get("keep_patterns"):
+                table.add_row("keep patterns", ", ".join(q["keep_patterns"]))
         console.print(table)

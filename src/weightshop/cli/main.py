@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from weightshop import __version__
-from weightshop.cli import bench, data, demo, doctor, evaluation, generate, info, lora, nano, plan, train, transfer
+from weightshop.cli import (bench, data, demo, doctor, evaluation, generate, info, lora, nano, plan, quantize, serve,
+                           train, transfer)
 
 app = typer.Typer(
     name="weightshop",
@@ -21,6 +22,8 @@ app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("plan")(plan.plan)
 app.command("transfer")(transfer.transfer)
+app.command("quantize")(quantize.quantize)
+app.command("serve")(serve.serve)
 app.add_typer(nano.app, name="nano")
 app.add_typer(bench.app, name="bench")
 app.add_typer(data.app, name="data")

@@ -11,7 +11,7 @@ from weightshop.cli.common import JSON_OPTION, console, emit, guarded
 from weightshop.errors import WeightshopError
 
 
-def _size(text: str | None, default: int) -> tuple[int, int]:
+def parse_size(text: str | None, default: int) -> tuple[int, int]:
     if text is None:
         return default, default
     match = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+))?\s*", text)
@@ -38,10 +38,32 @@ def plan(
     resolution: str = typer.Option(None, help="Training size: a side (1024) or HxW; default the model's size."),
     full_size: bool = typer.Option(True, "--full-size/--model",
                                    help="Predict for full-size Krea 2 (default), or for the model the config names."),
+    inference: bool = typer.Option(False, "--inference", help="Predict one generation's peak instead of training."),
+    model: str = typer.Option(None, "--model-name", help="--inference: a model to size (e.g. krea2-nano-turbo); "
+                              "default full-size Krea 2."),
+    fmt: str = typer.Option("bf16", "--format", help="--inference: the blocks' weight format: bf16, fp8, int8, "
+                            "q8_0, q4_0, q4_k, nf4, ..."),
+    size: str = typer.Option(None, "--size", help="--inference: a side (1024) or HxW; default the model's size."),
+    batch: int = typer.Option(1, help="--inference: images per forward pass."),
+    offload: str = typer.Option("none", help="--inference: none, model, group or sequential."),
+    text_encoder: str = typer.Option("keep", help="--inference: keep, offload or release after encoding."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="--inference: tiled VAE decode."),
+    modes: bool = typer.Option(False, "--modes", help="--inference: every offload x text encoder x tiling combination "
+                               "for the format, and which meet the full-size goal."),
+    measure: bool = typer.Option(False, "--measure", help="--inference: also render once and measure the real peak "
+                                 "(needs --model-name; CUDA if available, else CPU)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Predict the peak GPU memory of a training run, say whether it fits, and what to change if not."""
+    """Predict the peak GPU memory of a training run (or with --inference, of one generation), say whether it fits,
+    and what to change if not."""
     from rich.table import Table
+
+    if inference:
+        from weightshop.cli.plan_inference import plan_inference
+
+        plan_inference(model=model, fmt=fmt, size=size, batch=batch, offload=offload, text_encoder=text_encoder,
+                       vae_tiling=vae_tiling, modes=modes, measure=measure, gpu=gpu, as_json=as_json)
+        return
 
     from weightshop.models.shape import full_size_shape, model_shape
     from weightshop.train import load_config
@@ -52,7 +74,7 @@ def plan(
     # The plan needs no data: a placeholder manifest lets a config without a data section validate.
     cfg = load_config(config, set_ or [], preset, base={"data": {"manifest": "(not needed to plan)"}})
     shape = full_size_shape() if full_size else model_shape(cfg.model.raw, cfg.model.components)
-    height, width = _size(resolution, shape.default_size)
+    height, width = parse_size(resolution, shape.default_size)
     result = make_plan(cfg, shape, height, width, gpu_bytes)
     emit(result.to_dict(), as_json)
     if as_json:

@@ -34,7 +34,16 @@ class GenerateRequest:
     batch_size: int = 1
     loras: list[LoraRequest] = field(default_factory=list)
     max_sequence_length: int | None = None
-    release_text_encoder: bool = False
+    release_text_encoder: bool = False  # the same as text_encoder="release" (kept for existing callers)
+    text_encoder: str | None = None  # keep | offload | release after encoding; None: the model's placement mode
+
+    def text_encoder_mode(self, default: str = "keep") -> str:
+        """What becomes of the text encoder after encoding: release_text_encoder wins, then text_encoder, then
+        the mode the model was placed with."""
+        from weightshop.models.placement import TEXT_ENCODER_MODES, check_choice
+
+        mode = "release" if self.release_text_encoder else (self.text_encoder or default)
+        return check_choice("text encoder mode", mode, TEXT_ENCODER_MODES)
 
     def validate(self) -> None:
         if not self.prompts or any(not isinstance(p, str) for p in self.prompts):
@@ -43,6 +52,7 @@ class GenerateRequest:
             raise WeightshopError("give at least one seed")
         if self.batch_size < 1:
             raise WeightshopError(f"batch size must be >= 1, got {self.batch_size}")
+        self.text_encoder_mode()
         self.check_loras()
 
     def check_loras(self) -> None:
@@ -92,8 +102,9 @@ class GeneratedImage:
     path: Path | None = None
 
 
-def _record(model: LoadedModel, plan_: Plan, prompt: str, seed: int, negative: str | None,
-            loras: list[AppliedLora], dtype: torch.dtype) -> dict:
+def image_record(model: LoadedModel, plan_: Plan, prompt: str, seed: int, negative: str | None,
+                 loras: list[AppliedLora], dtype: torch.dtype) -> dict:
+    """The generation record every PNG carries (`generate`, the eval cache and the server write it)."""
     return {
         "weightshop_version": weightshop.__version__,
         "model": {
@@ -124,6 +135,18 @@ def _use_mu_override(model: LoadedModel, mu: float | None) -> None:
     model.pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.family.scheduler_config(mu))
 
 
+def encode(cache: PromptCache, prompts: list[str], text_encoder: str = "keep") -> None:
+    """Encode the prompts not cached yet with the text encoder brought to the device (`placement.encoder_ready`),
+    then keep, offload or release it (`placement.after_encoding`)."""
+    from weightshop.models.placement import after_encoding, encoder_ready
+
+    if cache.missing(prompts):
+        encoder_ready(cache.pipeline)
+        with torch.no_grad():  # the encoder's weights require grad as loaded: autograd would keep every layer
+            cache.warm(prompts)
+    after_encoding(cache.pipeline, text_encoder)
+
+
 def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path | None = None,
              on_step: Callable[[int, int], None] | None = None,
              prompt_cache: PromptCache | None = None) -> list[GeneratedImage]:
@@ -139,9 +162,8 @@ def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path |
     cache = prompt_cache or PromptCache(pipe, p.max_sequence_length, str(model.source.components))
     negative = request.negative_prompt or ""
     guided = p.preset.guidance > 0
-    cache.warm([prompt for prompt, _ in p.jobs] + ([negative] if guided else []))
-    if request.release_text_encoder:
-        cache.release_encoder()
+    encode(cache, [prompt for prompt, _ in p.jobs] + ([negative] if guided else []),
+           request.text_encoder_mode(model.placement.text_encoder))
 
     device = pipe._execution_device
     dtype = pipe.transformer.dtype
@@ -172,7 +194,7 @@ def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path |
             **{k: v.to(device) for k, v in kwargs.items()},
         ).images
         for (prompt, seed), image in zip(chunk, images):
-            record = _record(model, p, prompt, seed, negative, loras, dtype)
+            record = image_record(model, p, prompt, seed, negative, loras, dtype)
             item = GeneratedImage(image, record)
             if out is not None:
                 index = len(results)

@@ -477,11 +477,12 @@ def convert_file(src: str | Path, dst: str | Path, to: str) -> Path:
 
 
 def linear_shapes(transformer: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """(out, in) of every Linear of a transformer, by module name (peft-wrapped layers included)."""
+    """(out, in) of every Linear of a transformer, by module name (peft-wrapped layers included). Read from the
+    layer's features, not its weight: a quantized base stores blocks (GGUF) whose tensor shape is not (out, in)."""
     shapes = {}
     for name, module in transformer.named_modules():
         if isinstance(module, torch.nn.Linear):
-            shapes[name.removesuffix(".base_layer")] = tuple(module.weight.shape)
+            shapes[name.removesuffix(".base_layer")] = (module.out_features, module.in_features)
     return shapes
 
 

@@ -1,6 +1,7 @@
 """Describe a Krea 2 model without loading its weights: configs and safetensors headers only.
 
-Cheap enough to run on the 25 GB transformer: parameter counts come from tensor shapes in the headers.
+Cheap enough to run on the 25 GB transformer: parameter counts come from tensor shapes in the headers. A quantized
+file (ComfyUI comfy_quant / fp8_scaled, GGUF) is described from its header too, with a `quantization` section.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from weightshop.io import read_json, safetensors_shapes
+from weightshop.io import read_json
 from weightshop.models.loading import MODEL_DEFAULTS, resolve_source
-from weightshop.models.shape import parameter_groups, source_shape, weight_files
+from weightshop.models.shape import file_shapes, parameter_groups, source_shape, weight_files
 from weightshop.models.spec import KREA2, FamilySpec
 
 
@@ -20,7 +21,16 @@ def describe(model: str | Path, components: str | Path | None = None, checkpoint
     files = weight_files(source)
     headers: dict[str, tuple[int, ...]] = {}
     for f in files:
-        headers.update(safetensors_shapes(f))
+        headers.update(file_shapes(f))
+    quantization = None
+    if source.kind == "single_file":
+        from weightshop.models.quantized import describe_quantized, is_quantized_file
+        from weightshop.quant.comfy import is_side_tensor
+
+        if is_quantized_file(source.transformer):
+            quantization = describe_quantized(source.transformer)
+            # scales and per-layer markers are not parameters
+            headers = {k: v for k, v in headers.items() if not is_side_tensor(k)}
     shape = source_shape(source)
     te_cfg = read_json(source.components / "text_encoder" / "config.json")
     index = read_json(source.components / "model_index.json")
@@ -55,4 +65,7 @@ def describe(model: str | Path, components: str | Path | None = None, checkpoint
             "mu_rule": "fixed" if spec.preset.mu is not None else "resolution-aware",
         },
         "defaults": source.defaults or read_json(source.components / MODEL_DEFAULTS),
+        # a quantized file (comfy_quant, fp8_scaled, GGUF): container, layers per format, kept layers, bytes and
+        # the bf16 size it replaces (models.quantized.describe_quantized); None for bf16/fp32 weights
+        "quantization": quantization,
     }

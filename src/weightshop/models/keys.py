@@ -68,11 +68,14 @@ def original_to_diffusers_key(key: str) -> str:
 
 
 def diffusers_to_original_key(key: str) -> str:
-    for old, new in WITHIN_BLOCK:
-        key = key.replace(new, old)
+    # Top level first, the mirror of `original_to_diffusers_key`: otherwise the within-block rename turns
+    # final_layer.scale_shift_table into final_layer.mod.lin before last.modulation.lin can match.
     for old, new in TOP_LEVEL:
         if key.startswith(new):
-            return old + key[len(new):]
+            key = old + key[len(new):]
+            break
+    for old, new in WITHIN_BLOCK:
+        key = key.replace(new, old)
     return key
 
 

@@ -26,6 +26,7 @@ from weightshop.io import read_json, safetensors_shapes
 from weightshop.models import builtin
 from weightshop.models.device import use_cpu_threads
 from weightshop.models.keys import is_diffusers_layout, is_original_layout, original_to_diffusers
+from weightshop.models.placement import Placement, place
 from weightshop.models.shape import infer_transformer_config, original_shapes_to_diffusers, weight_files
 from weightshop.models.spec import KREA2, CheckpointSpec, FamilySpec
 
@@ -126,7 +127,7 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
         else:
             raise WeightshopError(
                 f"model {model_id!r} not found: expected a diffusers directory (with model_index.json), "
-                "a Krea 2 transformer .safetensors file (with --components DIR), a hub id such as "
+                "a Krea 2 transformer .safetensors or .gguf file (with --components DIR), a hub id such as "
                 f"krea/Krea-2-Raw, or a built-in name ({', '.join(sorted(builtin.NAMES))})"
             )
     comp = Path(components).expanduser() if components is not None else None
@@ -140,10 +141,10 @@ def resolve_source(model: str | Path, components: str | Path | None = None,
             )
 
     if path.is_file():
-        if path.suffix != ".safetensors":
+        if path.suffix not in (".safetensors", ".gguf"):
             raise WeightshopError(
-                f"{path} is not a .safetensors file: weightshop loads weights only from safetensors "
-                "(never pickled .bin/.pt/.ckpt files)"
+                f"{path} is not a .safetensors file or a .gguf file: weightshop loads weights only from safetensors "
+                "and GGUF (never pickled .bin/.pt/.ckpt files)"
             )
         comp = comp or (path.parent if _has_components(path.parent) else None)
         if comp is None:
@@ -215,12 +216,17 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 def load_single_file_transformer(path: str | Path, config: dict | str | Path | None = None,
                                  dtype: torch.dtype = torch.float32):
-    """Load a Krea 2 transformer from one safetensors file, original or diffusers key names, offline."""
+    """Load a Krea 2 transformer from one safetensors file, original or diffusers key names, offline. Quantized files
+    (ComfyUI comfy_quant / fp8_scaled, GGUF) load through `models.quantized`, their weights kept quantized."""
     from accelerate import init_empty_weights
     from diffusers import Krea2Transformer2DModel
     from safetensors.torch import load_file
 
+    from weightshop.models.quantized import is_quantized_file, load_quantized_transformer
+
     path = Path(path)
+    if is_quantized_file(path):
+        return load_quantized_transformer(path, config, dtype)
     keys = safetensors_shapes(path)
     original = is_original_layout(keys)
     if not original and not is_diffusers_layout(keys):
@@ -230,25 +236,7 @@ def load_single_file_transformer(path: str | Path, config: dict | str | Path | N
             f"weight (first keys: {sample})"
         )
     inferred = infer_transformer_config(original_shapes_to_diffusers(keys) if original else keys)
-    if isinstance(config, (str, Path)):
-        config_path = Path(config)
-        config_path = config_path / "config.json" if config_path.is_dir() else config_path
-        config = read_json(config_path) or None
-    if config:
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-        clash = {k: (v, config.get(k)) for k, v in inferred.items()
-                 if k in config and tuple(np_list(config[k])) != tuple(np_list(v))}
-        if clash:
-            detail = "; ".join(f"{k}: file {a}, config {b}" for k, (a, b) in clash.items())
-            raise WeightshopError(f"{path} does not match its transformer config ({detail})")
-        config = {**inferred, **config}
-    elif "axes_dims_rope" not in inferred:
-        raise WeightshopError(
-            f"{path} has head_dim {inferred['attention_head_dim']} (not Krea 2's 128), so its rotary split "
-            "cannot be inferred: put a transformer/config.json in the components directory"
-        )
-    else:
-        config = inferred
+    config = merge_transformer_config(path, inferred, config)
 
     state = load_file(str(path))
     if original:
@@ -264,6 +252,29 @@ def load_single_file_transformer(path: str | Path, config: dict | str | Path | N
         )
     model.load_state_dict(state, strict=True, assign=True)
     return _cast(model.eval(), dtype)
+
+
+def merge_transformer_config(path: Path, inferred: dict, config: dict | str | Path | None) -> dict:
+    """The config a single file loads with: what its shapes say, completed (never contradicted) by `config` (a dict,
+    a config.json or a folder holding one)."""
+    if isinstance(config, (str, Path)):
+        config_path = Path(config)
+        config_path = config_path / "config.json" if config_path.is_dir() else config_path
+        config = read_json(config_path) or None
+    if config:
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        clash = {k: (v, config.get(k)) for k, v in inferred.items()
+                 if k in config and tuple(np_list(config[k])) != tuple(np_list(v))}
+        if clash:
+            detail = "; ".join(f"{k}: file {a}, config {b}" for k, (a, b) in clash.items())
+            raise WeightshopError(f"{path} does not match its transformer config ({detail})")
+        return {**inferred, **config}
+    if "axes_dims_rope" not in inferred:
+        raise WeightshopError(
+            f"{path} has head_dim {inferred['attention_head_dim']} (not Krea 2's 128), so its rotary split "
+            "cannot be inferred: put a transformer/config.json in the components directory"
+        )
+    return inferred
 
 
 def np_list(value) -> list:
@@ -372,6 +383,7 @@ class LoadedModel:
     checkpoint: CheckpointSpec
     source: ModelSource
     family: FamilySpec = KREA2
+    placement: Placement = field(default_factory=Placement)  # the memory mode it was placed with
 
     @property
     def vae_scale_factor(self) -> int:
@@ -436,15 +448,9 @@ def build_pipeline(transformer, shared: SharedComponents, checkpoint: Checkpoint
     return pipe
 
 
-def _place(pipe, device: str, offload: str) -> None:
-    if offload == "none":
-        pipe.to(device)
-    elif offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        raise WeightshopError(f"unknown offload mode {offload!r}: expected none, model or sequential")
+def _place(pipe, device: str, placement: Placement) -> None:
+    """The memory modes live in `models.placement`."""
+    place(pipe, device, placement)
 
 
 def _check_device(device: str) -> None:
@@ -455,9 +461,14 @@ def _check_device(device: str) -> None:
 
 def load_model(model: str | Path, *, components: str | Path | None = None, checkpoint: str | None = None,
                dtype: str | torch.dtype | None = "auto", device: str = "cpu", offload: str = "none",
-               shared: SharedComponents | None = None, family: FamilySpec = KREA2) -> LoadedModel:
+               shared: SharedComponents | None = None, family: FamilySpec = KREA2, vae_tiling: bool = False,
+               vae_slicing: bool = False, text_encoder: str = "keep", group_level: str = "block",
+               blocks_per_group: int = 1) -> LoadedModel:
     """Load one checkpoint (Raw or Turbo) as a ready pipeline. Pass `shared` to reuse components. On the CPU,
-    torch's threads are lowered to `cpu_threads()` (rendering on a busy machine stalls with every core)."""
+    torch's threads are lowered to `cpu_threads()` (rendering on a busy machine stalls with every core).
+    offload / group_level / blocks_per_group / vae_tiling / vae_slicing / text_encoder: the memory mode
+    (`models.placement.Placement`), checked before any weight is read."""
+    placement = Placement(offload, group_level, blocks_per_group, vae_tiling, vae_slicing, text_encoder)
     _check_device(device)
     if torch.device(device).type == "cpu":
         use_cpu_threads()
@@ -467,8 +478,8 @@ def load_model(model: str | Path, *, components: str | Path | None = None, check
     shared = shared or load_components(source.components, torch_dtype, family)
     _check_fit(transformer, shared, source)
     pipe = build_pipeline(transformer, shared, family.checkpoint(source.checkpoint), family)
-    _place(pipe, device, offload)
-    return LoadedModel(pipe, family.checkpoint(source.checkpoint), source, family)
+    _place(pipe, device, placement)
+    return LoadedModel(pipe, family.checkpoint(source.checkpoint), source, family, placement)
 
 
 @dataclass

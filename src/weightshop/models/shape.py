@@ -67,11 +67,20 @@ def weight_files(source) -> list[Path]:
     return sorted((source.transformer / "transformer").glob("*.safetensors"))
 
 
+def file_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from one weight file's header: safetensors, or GGUF (logical shapes, not block bytes)."""
+    if Path(path).suffix == ".gguf":
+        from weightshop.quant.gguf_file import gguf_shapes
+
+        return gguf_shapes(path)
+    return safetensors_shapes(path)
+
+
 def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     """Diffusers-named weight shapes of a transformer's files, from their headers (either key layout)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
-        shapes.update(safetensors_shapes(f))
+        shapes.update(file_shapes(f))
     if is_original_layout(shapes):
         # The original layout stores some tensors fused or flat; the diffusers names give the config's shapes.
         return original_shapes_to_diffusers(shapes)
@@ -160,3 +169,27 @@ def parameter_groups(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
         top = original_to_diffusers_key(key).split(".")[0]
         groups[top] = groups.get(top, 0) + math.prod(shape)
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+# Qwen3-VL-4B-Instruct, Krea 2's text encoder, as its config.json has it (the sizes only): memory plans of full-size
+# Krea 2 count its parameters from this without a download.
+FULL_SIZE_TEXT_ENCODER = {
+    "text_config": {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+                    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True},
+    "vision_config": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "patch_size": 16,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 2560,
+                      "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+}
+
+
+def full_size_component_configs() -> tuple[dict, dict]:
+    """(text encoder config, VAE config) of full-size Krea 2: Qwen3-VL-4B and the Qwen-Image VAE's defaults."""
+    from diffusers import AutoencoderKLQwenImage
+
+    return FULL_SIZE_TEXT_ENCODER, class_defaults(AutoencoderKLQwenImage)
+
+
+def source_component_configs(source) -> tuple[dict, dict]:
+    """(text encoder config, VAE config) of a resolved `loading.ModelSource`, from its components' config.json."""
+    return (read_json(source.components / "text_encoder" / "config.json"),
+            read_json(source.components / "vae" / "config.json"))

@@ -96,6 +96,9 @@ class FamilySpec:
     transformer_class: str = "Krea2Transformer2DModel"
     vae_class: str = "AutoencoderKLQwenImage"
     text_encoder_class: str = "Qwen3VLModel"
+    # Linear layers a quantized export keeps in high precision by default: fnmatch globs on the transformer's
+    # (diffusers) module names. Everything else that is a Linear gets quantized.
+    quant_keep: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def checkpoint(self, name: str) -> CheckpointSpec:
@@ -142,6 +145,11 @@ KREA2 = FamilySpec(
     shift=KREA2_SHIFT,
     text_encoder_select_layers=tuple(range(2, 36, 3)),
     max_sequence_length=512,
+    # The usual practice for Krea 2 files (ComfyUI's fp8/int8 releases): only the 28 blocks are quantized. Kept: the
+    # input projection (original `first`), the time embedding and the shared modulation (`tmlp`, `tproj`), the text
+    # projection (`txtmlp`) and text fusion, and the final layer (`last`), whose errors reach every token or the
+    # output directly.
+    quant_keep=("img_in", "time_embed.*", "time_mod_proj", "txt_in.*", "text_fusion.*", "final_layer.*"),
 )
 
 

@@ -7,5 +7,6 @@ Krea 2 transformer, `weightshop.train` for the frozen base) say which layers to 
 - `layers`: the quantized `torch.nn.Linear` types, used by training and inference.
 - `formats`: the registry of file formats (name, container, bits per weight).
 - `comfy`: ComfyUI's comfy_quant and legacy fp8_scaled safetensors layouts.
-- `gguf`: GGUF files (Q8_0, Q4_0, Q4_K) as diffusers' GGUF loader and ComfyUI-GGUF read them.
+- `gguf_file`: GGUF files (Q8_0, Q4_0, Q4_K) as diffusers' GGUF loader and ComfyUI-GGUF read them (not named `gguf`,
+  which would shadow the gguf package).
 """

@@ -8,7 +8,8 @@ inference on quantized files alike.
 - `Int8Linear`: int8 weight-only, one fp32 scale per output channel (comfy_quant's int8_tensorwise per_row),
   upcast inside its forward.
 - nf4: bitsandbytes' `Linear4bit` (QLoRA; CUDA only), converted by `to_nf4`.
-- GGUF blocks (Q8_0, Q4_0, K-quants): diffusers' `GGUFLinear`, built by `weightshop.quant.gguf`.
+- GGUF blocks (Q8_0, Q4_0, K-quants): diffusers' `GGUFLinear`, built by `weightshop.models.quantized` from
+  `quant.gguf_file`.
 
 Every type is a `torch.nn.Linear` subclass, so peft wraps it with a LoRA like any Linear and the LoRA's output is
 added to the quantized base's.

@@ -54,9 +54,3 @@ def store_base(transformer, base_dtype: str, compute_dtype: torch.dtype, device=
 
 def _store_block(block, prefix: str, base_dtype: str, compute_dtype: torch.dtype) -> None:
     convert_linears(block, base_dtype, compute_dtype, select=_in_blocks, prefix=prefix)
-
-
-def compile_blocks(transformer) -> int:
-    """Regional compilation: compile the repeated transformer block once instead of the whole graph."""
-    transformer.compile_repeated_blocks(dynamic=False)
-    return len(transformer.transformer_blocks)

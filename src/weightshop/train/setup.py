@@ -88,7 +88,8 @@ class Prepared:
 
 def prepare(transformer, cfg: TrainConfig, device) -> Prepared:
     """Store the frozen base, add the LoRA, compile, build the optimizer and the EMA, as `cfg` says."""
-    from weightshop.train.memory import compile_blocks, store_base
+    from weightshop.models.compiled import compile_blocks
+    from weightshop.train.memory import store_base
 
     transformer.requires_grad_(False)
     base = store_base(transformer, cfg.memory.base_dtype, compute_dtype(cfg), device=device)

@@ -28,7 +28,7 @@ from weightshop.train.plan.activations import (ActivationDtypes, activation_byte
                                                backward_working_bytes, block_activation_bytes, lora_input_bytes)
 from weightshop.train.plan.measure import calibrate, measure_step_peak, measure_training_step, tensor_bytes
 from weightshop.train.plan.params import (DTYPE_BYTES, OPTIMIZER_BYTES, ParamCounts, base_weight_bytes,
-                                          count_parameters, dequantized_weight_bytes, quantized_bytes)
+                                          count_parameters, dequantized_weight_bytes)
 from weightshop.train.plan.predict import (CUDA_OVERHEAD, FRAGMENTATION, GPUS_MIB, OVERHEAD_PARTS, GiB, MemoryPlan,
                                            Suggestion, memory_settings, parse_gpu, plan, predict, suggest)
 
@@ -37,4 +37,4 @@ __all__ = ["CUDA_OVERHEAD", "DTYPE_BYTES", "FRAGMENTATION", "GPUS_MIB", "OPTIMIZ
            "activation_dtypes", "backward_working_bytes", "base_weight_bytes", "block_activation_bytes", "calibrate",
            "count_parameters", "dequantized_weight_bytes", "lora_input_bytes", "measure_step_peak",
            "measure_training_step", "memory_settings", "parse_gpu", "plan", "predict",
-           "quantized_bytes", "suggest", "tensor_bytes"]
+           "suggest", "tensor_bytes"]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from weightshop.errors import WeightshopError
+from weightshop.models.memory import DTYPE_BYTES, stored_weight_bytes, weight_counts
 from weightshop.models.shape import ModelShape
 from weightshop.train.config import BASE_DTYPES, TrainConfig
 
 if TYPE_CHECKING:
     from weightshop.train.plan.activations import ActivationDtypes
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+__all__ = ["DTYPE_BYTES", "OPTIMIZER_BYTES", "ParamCounts", "base_weight_bytes", "count_parameters",
+           "dequantized_weight_bytes", "dora_norm_bytes"]
+
 # Optimizer state bytes per LoRA parameter: AdamW exp_avg + exp_avg_sq in fp32; bitsandbytes AdamW8bit the same
 # in 8 bits plus one fp32 absmax per 256 values each; Prodigy exp_avg, exp_avg_sq, s and the initial copy p0.
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2 * (1 + 4 / 256), "prodigy": 16.0}
@@ -39,31 +41,27 @@ class ParamCounts:
 
 @functools.lru_cache(maxsize=32)
 def _count_on_meta(config_key: str, lora_key: str) -> ParamCounts:
+    """The base's numbers come from `models.memory.weight_counts` (shared with inference's plan); the LoRA's from
+    the trainer's own `add_lora` on a meta model."""
     import torch
     from diffusers import Krea2Transformer2DModel
 
     from weightshop.train.config import LoraConfig
     from weightshop.train.setup import add_lora
 
+    config = json.loads(config_key)
+    base = weight_counts(config)
     lora = LoraConfig.model_validate(json.loads(lora_key))
     with torch.device("meta"):
-        model = Krea2Transformer2DModel.from_config(json.loads(config_key))
-    keep = model._keep_in_fp32_modules or []
-    total = sum(p.numel() for p in model.parameters())
-    fp32_kept = sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in keep))
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    quant = [m for n, m in linears if n.startswith("transformer_blocks.")]
-    per_block = tuple(sum(m.weight.numel() for n, m in linears if n.startswith(f"transformer_blocks.{i}."))
-                      for i in range(len(model.transformer_blocks)))
-    with torch.device("meta"):  # the trainer's own LoRA setup (LoRA or DoRA, its targets), on the meta device
-        add_lora(model, lora, "meta")
+        model = Krea2Transformer2DModel.from_config(config)
+        add_lora(model, lora, "meta")  # the trainer's own LoRA setup (LoRA or DoRA, its targets)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     modules = tuple(sorted({n.split(".lora_")[0] for n, _ in model.named_parameters() if "lora_" in n}))
     adapted = dict(model.named_modules())
     shapes = tuple((adapted[n].out_features, adapted[n].in_features) for n in modules)
-    return ParamCounts(total, fp32_kept, sum(m.weight.numel() for m in quant), len(quant),
-                       sum(m.out_features for m in quant), max((m.weight.numel() for m in quant), default=0),
-                       per_block, lora, modules, shapes)
+    return ParamCounts(base.total, base.fp32_kept, base.quantizable, base.quantizable_linears,
+                       base.quantizable_out_channels, base.largest_quantizable, base.block_linear_weights, lora,
+                       modules, shapes)
 
 
 def count_parameters(shape: ModelShape, cfg: TrainConfig) -> ParamCounts:
@@ -79,25 +77,12 @@ def dora_norm_bytes(counts: ParamCounts, dt: "ActivationDtypes") -> int:
     return max((i * i * dt.compute + 2 * i * o * 4 for o, i in counts.lora_shapes), default=0)
 
 
-def quantized_bytes(params: int, linears: int, out_channels: int, base_dtype: str) -> int:
-    """Bytes of Linear weights stored as fp8 (1 B + one fp32 scale per tensor), fp8-mm and int8 (1 B + one fp32
-    scale per output channel) or nf4 (0.5 B + one fp32 absmax per block of 64)."""
-    if base_dtype == "fp8":
-        return params + 4 * linears
-    if base_dtype in ("fp8-mm", "int8"):
-        return params + 4 * out_channels
-    if base_dtype == "nf4":
-        return params // 2 + 4 * math.ceil(params / 64)
-    raise WeightshopError(f"unknown memory.base_dtype {base_dtype!r}: expected {', '.join(BASE_DTYPES)}")
-
-
 def base_weight_bytes(counts: ParamCounts, model_dtype: str, base_dtype: str = "none") -> int:
-    width = DTYPE_BYTES[model_dtype]
-    rest = counts.total - counts.fp32_kept
-    if base_dtype == "none":
-        return counts.fp32_kept * 4 + rest * width
-    quant = quantized_bytes(counts.quantizable, counts.quantizable_linears, counts.quantizable_out_channels, base_dtype)
-    return counts.fp32_kept * 4 + (rest - counts.quantizable) * width + quant
+    """The frozen base as stored; a quantized base's bytes come from `quant.formats.stored_bytes`, the one place a
+    quantized Linear's size is computed (training's base_dtype names are format names there)."""
+    if base_dtype not in BASE_DTYPES:
+        raise WeightshopError(f"unknown memory.base_dtype {base_dtype!r}: expected {', '.join(BASE_DTYPES)}")
+    return stored_weight_bytes(counts, model_dtype, base_dtype)
 
 
 def dequantized_weight_bytes(counts: ParamCounts, base_dtype: str, checkpointing: bool, dt: "ActivationDtypes") -> int:

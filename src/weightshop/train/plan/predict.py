@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 from weightshop.errors import WeightshopError
+from weightshop.models.memory import CUDA_OVERHEAD, FRAGMENTATION, GPUS_MIB, OVERHEAD_PARTS, GiB, parse_gpu
 from weightshop.models.shape import ModelShape
 from weightshop.train.config import BASE_DTYPES, TrainConfig, with_changes
 from weightshop.train.plan.activations import activation_bytes, activation_dtypes
 from weightshop.train.plan.params import (OPTIMIZER_BYTES, ParamCounts, base_weight_bytes, count_parameters,
                                           dequantized_weight_bytes, dora_norm_bytes)
 
-GiB = 2**30
-# CUDA context and kernel images (~0.4-0.6 GiB with torch 2.x on H100, outside the caching allocator) plus
-# cuBLAS/cuDNN workspaces and the SDPA kernels' scratch (~0.2 GiB): memory the training tensors never get.
-CUDA_OVERHEAD = int(0.75 * GiB)
-# The caching allocator reserves more than is allocated (block rounding, split blocks that cannot be reused):
-# in training loops reserved/allocated peaks run 1.03-1.10; 5 % of the allocated peak is the margin.
-FRAGMENTATION = 0.05
-OVERHEAD_PARTS = ("CUDA context and workspaces", "allocator fragmentation")  # not tensors: not in max_memory_allocated
-# Named cards as nvidia-smi reports their memory (MiB). GPU labels are binary: a "24 GB" RTX 4090 has 24564 MiB.
-GPUS_MIB = {
-    "4090": 24564, "rtx4090": 24564, "3090": 24576, "rtx3090": 24576, "5090": 32607, "rtx5090": 32607,
-    "a6000": 49140, "l40s": 46068, "a100": 81920, "a100-80gb": 81920, "a100-40gb": 40960,
-    "h100": 81559, "h100-80gb": 81559, "h200": 143771,
-}
-
-
-def parse_gpu(text: str) -> int:
-    """GPU memory in bytes from "24GB", "24GiB", "24", "24564MiB", "H100" or "4090". GB means GiB here (card labels)."""
-    key = str(text).strip().lower().replace(" ", "").replace("_", "-")
-    if key in GPUS_MIB:
-        return GPUS_MIB[key] * 2**20
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(gib|gb|g|mib|mb|m)?", key)
-    if not match or float(match.group(1)) <= 0:
-        cards = sorted(k for k in GPUS_MIB if "-" not in k and not k.startswith("rtx"))
-        raise WeightshopError(f"--gpu {text!r}: expected a size such as 24GB, 24GiB, 80 or 24564MiB, or a card name "
-                              f"({', '.join(cards)})")
-    scale = 2**20 if (match.group(2) or "g").startswith("m") else GiB
-    return int(float(match.group(1)) * scale)
+__all__ = ["CUDA_OVERHEAD", "FRAGMENTATION", "GPUS_MIB", "OVERHEAD_PARTS", "GiB", "MemoryPlan", "Suggestion",
+           "memory_settings", "parse_gpu", "plan", "predict", "suggest"]  # the device facts re-exported from models
 
 
 def memory_settings(cfg: TrainConfig) -> dict:

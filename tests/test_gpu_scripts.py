@@ -1,0 +1,31 @@
+"""The prepared GPU scripts run their whole path at krea2-nano size on the CPU, so a lent GPU never meets a bug that
+the CPU could have shown."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightshop.models import builtin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not builtin.installed(), reason="krea2-nano is not built")
+def test_gpu_quant_runs_every_stage_at_nano_size(tmp_path):
+    out = tmp_path / "gq.json"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_quant.py"), "--nano", "--device", "cpu",
+                           "--size", "32", "--steps", "1", "--text-tokens", "16", "--formats", "bf16,fp8,int8,q4_k",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["format"] for r in report["rows"]] == ["bf16", "fp8", "int8", "q4_k"]
+    assert report["encode"]["seconds"] > 0 and len(report["decode"]) == 2
+    by = {r["format"]: r for r in report["rows"]}
+    for r in report["rows"]:
+        assert r["s_per_step"] > 0 and r["image_tokens"] == by["bf16"]["image_tokens"] > 0 and r["text_tokens"] == 16
+    # the planner's prediction for the same mode: quantized blocks weigh less than bf16 ones, 4 bits less than 8
+    assert by["q4_k"]["predicted_gib"] < by["fp8"]["predicted_gib"] < by["bf16"]["predicted_gib"]
+    assert by["fp8"]["goal_gib"] == 16.0 and by["q4_k"]["goal_gib"] == 10.0 and by["bf16"]["goal_gib"] is None
