@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,ocr,tensorboard,serve]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,ocr,tensorboard,serve,ray]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps rapidocr-onnxruntime
 	touch $(STAMP)
 

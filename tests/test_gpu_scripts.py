@@ -2,6 +2,7 @@
 the CPU could have shown."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,17 @@ def test_gpu_quant_runs_every_stage_at_nano_size(tmp_path):
     # the planner's prediction for the same mode: quantized blocks weigh less than bf16 ones, 4 bits less than 8
     assert by["q4_k"]["predicted_gib"] < by["fp8"]["predicted_gib"] < by["bf16"]["predicted_gib"]
     assert by["fp8"]["goal_gib"] == 16.0 and by["q4_k"]["goal_gib"] == 10.0 and by["bf16"]["goal_gib"] is None
+
+
+@pytest.mark.skipif(not builtin.installed(), reason="krea2-nano is not built")
+def test_gpu_generate_runs_its_whole_path_at_nano_size(tmp_path):
+    env = {**os.environ, "NANO": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_generate.sh")], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    report = json.loads((tmp_path / "gpu_generate.json").read_text())
+    assert (tmp_path / "gpu_generate.png").stat().st_size > 0
+    row = report["rows"][0]
+    assert row["config"] == "eager" and row["speedup"] > 0 and row["weightshop"]["step_s"] > 0
+    assert report["checks"]["trimmed_vs_padded"] <= 1e-3 and report["step_cache"][0]["steps"] == 2
+    assert report["memory_profile"]["stages"]["denoise"] > 0 and (tmp_path / "gpu_generate.memory.png").is_file()

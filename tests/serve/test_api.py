@@ -179,3 +179,14 @@ def test_full_queue_answers_429_with_retry_after(nano_turbo, tmp_path):
         assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
         assert full.json()["error"]["code"] == "queue_full"
         assert c.get("/readyz").status_code == 503
+
+
+def test_served_images_equal_generate(nano_turbo, client):
+    """The worker renders through `generate`'s own path (trimmed text, weightshop's loop): the same pixels."""
+    from weightshop.generate import GenerateRequest, generate
+
+    r = client.post("/v1/jobs", json={"prompt": "a blue circle", "seed": 3, **SMALL}, headers=auth("alice"))
+    job = wait_done(client, r.json()["id"])
+    served = pixels(client.get(f"/v1/jobs/{job['id']}/images/0", headers=auth("alice")).content)
+    made = generate(nano_turbo, GenerateRequest(prompts=["a blue circle"], seeds=[3], width=32, height=32, steps=2))
+    assert np.abs(served - np.asarray(made[0].image, dtype=np.int16)).max() <= 1  # float images within 1e-3

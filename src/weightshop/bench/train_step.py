@@ -79,6 +79,7 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
         "grad_norm": step.last_grad_norm, "loss_finite": all(math.isfinite(x) for x in losses),
         "image_tokens": (resolution // vae_scale // 2) ** 2, "text_tokens": text_tokens,
     }
+    add_mfu(result, config, device)
     if memory_cap_gib:
         result["memory_cap_gib"] = memory_cap_gib
     if cuda:
@@ -89,6 +90,18 @@ def measure(resolution: int, base: str, *, config: dict | None = None, device: s
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def add_mfu(result: dict, config: dict | None, device: str) -> None:
+    """The step's FLOPs (`models.flops`, the one FLOP model) and MFU against the device's dense bf16 peak."""
+    from weightshop.models.flops import TERA, mfu, training_step_flops
+    from weightshop.models.shape import full_size_shape
+
+    work = training_step_flops(config or full_size_shape().config, result["image_tokens"], result["text_tokens"],
+                               result["batch_size"], result["checkpointing"])
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    result["tflop_per_step"] = work / TERA
+    result["mfu"] = mfu(work, result["s_per_step"], name)
 
 
 def run_matrix(*, full_size: bool, resolutions: str = "512,1024", bases: str = "bf16,fp8,int8",

@@ -50,11 +50,24 @@ def generate(
     vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode a batch one image at a time."),
     text_encoder: str = typer.Option("keep", help="After encoding: keep, offload (to the CPU) or release it."),
     release_text_encoder: bool = typer.Option(False, help="Same as --text-encoder release."),
+    compile: bool = typer.Option(False, "--compile", help="Regional compile of the repeated transformer block "
+                                 "(the first image pays the compile)."),
+    fp8_matmul: bool = typer.Option(False, "--fp8-matmul", help="Blocks' matmuls in float8 (CUDA 8.9+: Ada, Hopper; "
+                                    "changes the output slightly)."),
+    int8_matmul: bool = typer.Option(False, "--int8-matmul", help="Blocks' matmuls in int8 (GeForce RTX cards, CPU; "
+                                     "changes the output slightly)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Regional compile with CUDA graphs "
+                                     "(reduce-overhead; CUDA only)."),
+    step_cache: float = typer.Option(0.0, "--step-cache", metavar="THRESHOLD", help="First-block step cache for "
+                                     "Raw's guided steps: reuse the other blocks while the first block's output moved "
+                                     "less than THRESHOLD (relative L1; 0.1 is mild). Off (0) by default; changes "
+                                     "the output."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate images with Krea 2 Raw or Turbo at the checkpoint's preset; PNGs carry their parameters."""
-    from weightshop.generate import GenerateRequest
+    from weightshop.generate import FastPath, GenerateRequest, speed_up
     from weightshop.generate import generate as run
+    from weightshop.generate.fast import check_speed_options
     from weightshop.lora import LoraRequest
     from weightshop.models.loading import load_model
     from weightshop.models.placement import Placement
@@ -62,6 +75,9 @@ def generate(
     placement = Placement(offload, group_level, 1, vae_tiling, vae_slicing,
                           "release" if release_text_encoder else text_encoder)  # bad values fail before loading
     device = resolve_device(device)
+    check_speed_options(device, fp8_matmul=fp8_matmul, int8_matmul=int8_matmul, cuda_graphs=cuda_graphs)
+    if step_cache and offload != "none":
+        raise WeightshopError("--step-cache runs in weightshop's own loop, which needs --offload none")
 
     prompts = list(prompt or []) + (read_prompt_file(prompt_file) if prompt_file else [])
     seeds = list(seed or [0])
@@ -73,12 +89,18 @@ def generate(
         prompts=prompts, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
         guidance=guidance, mu=mu, seeds=seeds, batch_size=batch_size,
         loras=[LoraRequest.parse(text) for text in lora or []], text_encoder=placement.text_encoder,
+        fast=FastPath(step_cache=step_cache),
     )
     request.validate()
     with console.status(f"loading {model}"):
         loaded = load_model(model, components=components, checkpoint=checkpoint, dtype=dtype, device=device,
                             offload=offload, group_level=group_level, vae_tiling=vae_tiling,
                             vae_slicing=vae_slicing, text_encoder=placement.text_encoder)
+    speed = {}
+    if compile or fp8_matmul or int8_matmul or cuda_graphs:
+        with console.status("preparing the fast path"):
+            speed = speed_up(loaded, compile=compile, fp8_matmul=fp8_matmul, int8_matmul=int8_matmul,
+                             cuda_graphs=cuda_graphs)
     start = time.perf_counter()
     with step_progress("denoising") as progress:
         images = run(loaded, request, out, on_step=lambda d, t: progress(loaded.checkpoint.name, d, t))
@@ -87,7 +109,7 @@ def generate(
     result = {
         "model": rec["model"], "loras": rec["loras"], "steps": rec["steps"], "guidance": rec["guidance"],
         "mu": rec["mu"], "width": rec["width"], "height": rec["height"], "seconds": seconds,
-        "placement": placement.to_dict(),
+        "placement": placement.to_dict(), "speed_up": speed, "step_cache": step_cache,
         "seconds_per_image": seconds / len(images),
         "images": [{"path": str(i.path), "prompt": i.record["prompt"], "seed": i.record["seed"]} for i in images],
     }

@@ -5,7 +5,6 @@ from pathlib import Path
 import typer
 
 from weightshop.cli.common import DEVICE_HELP, console, guarded, resolve_device
-from weightshop.errors import WeightshopError
 
 
 @guarded
@@ -32,7 +31,12 @@ def serve(
                                        "--hash-key); keys in WEIGHTSHOP_API_KEYS (name:key,...) are added."),
     hash_key: str = typer.Option(None, help="Print the sha256 of this key (for --api-keys-file) and exit."),
     warmup: bool = typer.Option(False, help="Render one small image per worker before serving."),
-    ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve replicas (not built yet)."),
+    ray: bool = typer.Option(False, "--ray", help="Render on Ray Serve replicas (the `ray` extra): one per GPU of "
+                             "the cluster, or --ray-replicas on CPU; the job store stays in this process."),
+    ray_address: str = typer.Option(None, help="With --ray: a running Ray cluster (auto, or host:port); default: "
+                                    "a local Ray on 127.0.0.1."),
+    ray_replicas: int = typer.Option(0, help="With --ray: replicas to run (0: one per GPU, or 1 on CPU)."),
+    ray_cpus: float = typer.Option(1.0, help="With --ray: CPUs each replica reserves."),
 ) -> None:
     """Serve the model over HTTP: an OpenAI-compatible images API, durable jobs, LoRAs by name, a web page."""
     from weightshop.serve.config import ServeConfig, hash_key as sha256_of_key
@@ -41,19 +45,23 @@ def serve(
         typer.echo(sha256_of_key(hash_key))
         return
     if ray:
-        raise WeightshopError("--ray (Ray Serve replicas) is not built yet: serve one machine without it")
+        from weightshop.serve.ray_app import require_ray
+
+        require_ray()  # a clear error before anything starts when the extra is missing
     config = ServeConfig(model=model, checkpoint=checkpoint, components=components, lora_dir=lora_dir,
                          data_dir=data_dir, devices=[resolve_device(d) for d in device.split(",")], dtype=dtype,
                          offload=offload, max_queue=max_queue, max_batch=max_batch, max_n=max_n, max_side=max_side,
                          max_steps=max_steps, dollars_per_hour=dollars_per_hour, rate_per_minute=rate_per_minute,
-                         warmup=warmup)
+                         warmup=warmup, ray=ray, ray_address=ray_address, ray_replicas=ray_replicas,
+                         ray_cpus_per_replica=ray_cpus)
     if api_keys_file is not None:
         config.keys_from_file(api_keys_file)
     config.keys_from_env()
     if config.open_access and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] no API key configured and listening on {host}: anyone who reaches it "
                       "can generate", highlight=False)
-    console.print(f"serving {model} on http://{host}:{port} (page at /, API docs at /docs)", highlight=False)
+    through = " through Ray Serve replicas" if ray else ""
+    console.print(f"serving {model}{through} on http://{host}:{port} (page at /, API docs at /docs)", highlight=False)
     from weightshop.serve.server import serve_forever
 
     serve_forever(config, host, port)

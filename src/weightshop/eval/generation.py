@@ -36,7 +36,7 @@ def image_key(settings: dict, prompt: str, seed: int) -> str:
 
 
 def render_settings(model, loras: list[LoraUse], width: int | None, height: int | None,
-                    negative: str | None = None) -> dict:
+                    negative: str | None = None, fast=None) -> dict:
     """Everything besides prompt and seed that decides a model's pixels (the key's other half)."""
     from weightshop.generate import GenerateRequest
     from weightshop.generate.run import plan
@@ -48,7 +48,8 @@ def render_settings(model, loras: list[LoraUse], width: int | None, height: int 
             "steps": p.preset.steps, "guidance": p.preset.guidance, "mu": round(p.mu, 9), "width": p.width,
             "height": p.height, "max_sequence_length": p.max_sequence_length,
             "negative_prompt": (negative or "") if guided else None,
-            "dtype": str(model.pipeline.transformer.dtype).removeprefix("torch.")}
+            "dtype": str(model.pipeline.transformer.dtype).removeprefix("torch.")} | (
+        {"step_cache": fast.step_cache} if fast is not None and fast.step_cache > 0 else {})  # it moves pixels
 
 
 class ImageCache:
@@ -70,17 +71,18 @@ class ImageCache:
 
 
 def render(model, jobs: list[EvalJob], cache: ImageCache, *, loras: list[LoraUse] = (), width: int | None = None,
-           height: int | None = None, batch_size: int = 1,
-           progress: Callable[[int, int], None] | None = None) -> tuple[list[Image.Image], list[str], dict]:
+           height: int | None = None, batch_size: int = 1, progress: Callable[[int, int], None] | None = None,
+           fast=None) -> tuple[list[Image.Image], list[str], dict]:
     """The images of `jobs` on `model` with `loras` (cached ones read back, the rest rendered and cached), their
-    keys, and {"rendered": n, "cached": n, "seconds_per_image": s (of the rendered ones, or None)}."""
+    keys, and {"rendered": n, "cached": n, "seconds_per_image": s (of the rendered ones, or None)}. `fast`: how
+    `generate` renders (`generate.fast.FastPath`; a step cache is part of the images' key)."""
     import time
 
     from weightshop.generate import GenerateRequest, generate
     from weightshop.generate.metadata import save_image
     from weightshop.lora import LoraRequest, apply_loras
 
-    settings = render_settings(model, list(loras), width, height)
+    settings = render_settings(model, list(loras), width, height, fast=fast)
     keys = [image_key(settings, job.prompt, job.seed) for job in jobs]
     images: list[Image.Image | None] = [cache.get(k) for k in keys]
     missing = [i for i, image in enumerate(images) if image is None]
@@ -99,7 +101,7 @@ def render(model, jobs: list[EvalJob], cache: ImageCache, *, loras: list[LoraUse
             for chunk_start in range(0, len(indices), batch_size):
                 chunk = indices[chunk_start:chunk_start + batch_size]
                 request = GenerateRequest(prompts=[jobs[i].prompt for i in chunk], seeds=[seed], width=width,
-                                          height=height, batch_size=batch_size)
+                                          height=height, batch_size=batch_size, fast=fast)
                 for i, made in zip(chunk, generate(model, request)):
                     record = {**made.record, "loras": lora_record, "eval_key": keys[i]}
                     save_image(cache.path(keys[i]), made.image, record)

@@ -129,14 +129,15 @@ def set_level(images: list[Image.Image], jobs: list[EvalJob], features: np.ndarr
 def evaluate(model, suite: Suite, out_dir: str | Path, *, judges: list | None = None, loras: list[LoraUse] = (),
              trigger: str | None = None, seed_offset: int = 0, cache_dir: str | Path | None = None,
              references: list[Image.Image] | None = None, features: bool = True, ocr: bool = True,
-             batch_size: int = 1, progress: Callable[[int, int], None] | None = None) -> EvalRun:
-    """Render `suite` on `model` with `loras` (cached), judge every image, and write the run to `out_dir`."""
+             batch_size: int = 1, progress: Callable[[int, int], None] | None = None, fast=None) -> EvalRun:
+    """Render `suite` on `model` with `loras` (cached), judge every image, and write the run to `out_dir`.
+    `fast`: how `generate` renders (`generate.fast.FastPath`; None: its defaults)."""
     out_dir = Path(out_dir)
     jobs = suite_jobs(suite, trigger, seed_offset)
     cache = ImageCache(cache_dir or out_dir.parent / "image-cache")
     earlier = read_json(out_dir / RUN_FILE, missing=None)
     images, keys, stats = render(model, jobs, cache, loras=list(loras), width=suite.width, height=suite.height,
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, fast=fast)
     from weightshop.judge import Job
 
     judged = [Job(j.prompt, j.seed, j.scene) for j in jobs]

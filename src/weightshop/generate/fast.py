@@ -8,8 +8,9 @@ Each change is measured by `weightshop bench generate` against stock diffusers i
 - Raw's guidance branches batched into one forward (positive and negative side by side, padded to a common text
   length): the same math over a batch of two, equal within float rounding; on by default.
 - a text mask that masks nothing is dropped, so attention may take the unmasked kernels (flash on CUDA).
-- regional compile of the repeated block (`models.compiled`) and float8 matmuls (`quant.layers.Float8MatmulLinear`
-  on the 28 blocks' Linears) on request: `speed_up(model, ...)`, once per loaded model. fp8 changes the output.
+- regional compile of the repeated block (`models.compiled`), optionally with CUDA graphs (reduce-overhead), and
+  float8 or int8 matmuls (`quant.layers.Float8MatmulLinear` / `Int8MatmulLinear` on the 28 blocks' Linears) on
+  request: `speed_up(model, ...)`, once per loaded model. fp8 and int8 matmuls change the output.
 - step caching (first-block cache, TeaCache-style) for Raw's many guided steps: the first block always runs; when
   its output changed by less than `step_cache` (relative L1, accumulated since the last full step) the other
   blocks' residual of the last full step is reused. Off by default (0): it changes the output, and its speed-up and
@@ -39,6 +40,14 @@ class FastPath:
     batch_guidance: bool = True
     step_cache: float = 0.0  # first-block cache threshold (relative L1 change); 0: off
 
+    def validate(self) -> None:
+        import math
+
+        from weightshop.errors import WeightshopError
+
+        if not (math.isfinite(self.step_cache) and self.step_cache >= 0):
+            raise WeightshopError(f"step cache threshold {self.step_cache}: expected a number >= 0 (0 turns it off)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -46,20 +55,34 @@ class FastPath:
 STOCK = FastPath(trim_text=False, own_loop=False, batch_guidance=False)  # what Krea2Pipeline.__call__ does
 
 
-def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False) -> dict:
-    """Make a loaded model faster in place, once: float8 matmuls on the blocks' Linears (Krea's keep pattern: the
-    embeddings, text fusion and final layer stay high precision) and/or regional compile. Returns what was done."""
+def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False, int8_matmul: bool = False,
+             cuda_graphs: bool = False) -> dict:
+    """Make a loaded model faster in place, once: float8 or int8 matmuls on the blocks' Linears (Krea's keep
+    pattern: the embeddings, text fusion and final layer stay high precision), then regional compile, or regional
+    compile with CUDA graphs (`cuda_graphs`: torch.compile's reduce-overhead mode on the repeated block, which
+    replays each block's kernels as one graph: the launch overhead goes, which is what is left at small batch on a
+    fast GPU). Options the device cannot run are refused before anything changes. Returns what was done."""
     from weightshop.errors import WeightshopError
 
     transformer = model.pipeline.transformer
+    device = next(transformer.parameters()).device
+    check_speed_options(device, fp8_matmul=fp8_matmul, int8_matmul=int8_matmul, cuda_graphs=cuda_graphs)
     done = dict(getattr(model.pipeline, "_weightshop_speed", {}))
-    if fp8_matmul and not done.get("fp8_matmul"):
-        if not fp8_matmul_available(next(transformer.parameters()).device):
-            raise WeightshopError("float8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
+    quantized = "fp8_matmul" if done.get("fp8_matmul") else "int8_matmul" if done.get("int8_matmul") else None
+    wanted = "fp8_matmul" if fp8_matmul else "int8_matmul" if int8_matmul else None
+    if wanted and quantized and wanted != quantized:
+        raise WeightshopError(f"this model already has {quantized.replace('_', ' ')}s: load it again for the other")
+    if wanted and not quantized:
         from weightshop.models.quantized import quantize_in_memory
 
-        done["fp8_matmul"] = len(quantize_in_memory(transformer, "fp8-mm"))
-    if compile and not done.get("compile"):
+        done[wanted] = len(quantize_in_memory(transformer, "fp8-mm" if fp8_matmul else "int8-mm"))
+    if cuda_graphs and not done.get("cuda_graphs"):
+        if done.get("compile"):
+            raise WeightshopError("the blocks are already compiled without CUDA graphs: load the model again")
+        from weightshop.models.compiled import compile_blocks
+
+        done["cuda_graphs"] = compile_blocks(transformer, dynamic=False, mode="reduce-overhead")
+    elif compile and not done.get("compile") and not done.get("cuda_graphs"):
         from weightshop.models.compiled import compile_blocks
 
         done["compile"] = compile_blocks(transformer, dynamic=None)
@@ -67,10 +90,36 @@ def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False) -> dict:
     return done
 
 
+def check_speed_options(device: torch.device | str, *, fp8_matmul: bool = False, int8_matmul: bool = False,
+                        cuda_graphs: bool = False) -> None:
+    """Refuse, with the reason, speed options the device lacks kernels for (the CLI calls this before loading)."""
+    from weightshop.errors import WeightshopError
+
+    device = torch.device(device)
+    if fp8_matmul and int8_matmul:
+        raise WeightshopError("float8 and int8 matmuls are alternatives: pick one")
+    if fp8_matmul and not fp8_matmul_available(device):
+        raise WeightshopError("float8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
+    if int8_matmul and not int8_matmul_available(device):
+        raise WeightshopError(f"int8 matmuls (torch._int_mm) need the CPU or a CUDA GPU of compute capability 7.5 or "
+                              f"newer (Turing and later); {device} has none")
+    if cuda_graphs and device.type != "cuda":
+        raise WeightshopError(f"CUDA graphs replay recorded GPU kernels: they need a CUDA device, not {device.type}")
+
+
 def fp8_matmul_available(device: torch.device | str) -> bool:
     """torch._scaled_mm's float8 tensor cores: CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)."""
     device = torch.device(device)
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def int8_matmul_available(device: torch.device | str) -> bool:
+    """torch._int_mm: a CPU kernel everywhere; on CUDA cuBLASLt's int8 GEMM from compute capability 7.5 (Turing:
+    every GeForce RTX card). Shapes it refuses fall back per layer (`quant.layers.int8_mm_refusal`)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 5)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -162,7 +211,7 @@ class FirstBlockCache:
         if self.previous is None or self.residual is None or self.previous.shape != first.shape:
             return False
         change = ((first - self.previous).abs().mean() / self.previous.abs().mean().clamp_min(1e-12)).item()
-        self.previous = first
+        self.previous = first.clone()  # a CUDA graph's output buffer is overwritten by its next replay
         self.accumulated += change
         if self.accumulated < self.threshold:
             self.hits += 1
@@ -170,7 +219,7 @@ class FirstBlockCache:
         return False
 
     def store(self, first: torch.Tensor, last: torch.Tensor) -> None:
-        self.previous, self.residual, self.accumulated = first, last - first, 0.0
+        self.previous, self.residual, self.accumulated = first.clone(), last - first, 0.0
 
 
 def velocity(transformer, latents: torch.Tensor, text: TextFeatures, timestep: torch.Tensor, rope,
@@ -197,15 +246,12 @@ def velocity(transformer, latents: torch.Tensor, text: TextFeatures, timestep: t
     return transformer.final_layer(hidden[:, text_len:], temb)
 
 
-def timesteps_for(pipe, steps: int, image_len: int, device):
-    """The pipeline's own timesteps (its scheduler, its mu rule), as Krea2Pipeline.__call__ sets them."""
+def timesteps_for(pipe, steps: int, mu: float, device):
+    """The timesteps Krea2Pipeline.__call__ sets on its scheduler, for the plan's mu (`models.spec`'s rule; a pinned
+    mu lives in the scheduler's config, which then ignores this one)."""
     import numpy as np
-    from diffusers.pipelines.krea2.pipeline_krea2 import calculate_shift, retrieve_timesteps
+    from diffusers.pipelines.krea2.pipeline_krea2 import retrieve_timesteps
 
-    cfg = pipe.scheduler.config
-    mu = 1.15 if pipe.config.is_distilled else calculate_shift(
-        image_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 6400), cfg.get("base_shift", 0.5),
-        cfg.get("max_shift", 1.15))
     timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     pipe.scheduler.set_begin_index(0)
     return timesteps
@@ -213,13 +259,14 @@ def timesteps_for(pipe, steps: int, image_len: int, device):
 
 @torch.no_grad()
 def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width: int, steps: int, guidance: float,
+           mu: float,
            generators: list[torch.Generator], negative: tuple[torch.Tensor, torch.Tensor] | None = None,
            fast: FastPath = FastPath(), on_step=None) -> torch.Tensor:
-    """Denoise and decode one batch; returns images as floats in [0, 1], (B, 3, H, W), exactly as the pipeline's
-    postprocessing makes them before the PIL conversion."""
+    """Denoise and decode one batch on the device `embeds` is on; returns images as floats in [0, 1], (B, 3, H, W),
+    exactly as the pipeline's postprocessing makes them before the PIL conversion."""
     transformer = pipe.transformer
-    device = pipe._execution_device
-    dtype = transformer.dtype
+    device = embeds.device
+    dtype = next(transformer.parameters()).dtype  # (the `dtype` property walks every module)
     batch = embeds.shape[0]
     channels = transformer.config.in_channels // (pipe.patch_size ** 2)
     latents = pipe.prepare_latents(batch, channels, height, width, embeds.dtype, device, generators)
@@ -236,8 +283,11 @@ def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width
     ropes = {n: rope(n) for n in ropes}
     cache = FirstBlockCache(fast.step_cache) if fast.step_cache > 0 else None
     clock = _CLOCK.get()
-    for i, t in enumerate(timesteps_for(pipe, steps, latents.shape[1], device)):
+    graphs = bool(getattr(pipe, "_weightshop_speed", {}).get("cuda_graphs"))
+    for i, t in enumerate(timesteps_for(pipe, steps, mu, device)):
         with timed("steps"):
+            if graphs:  # a new step: the graphs' earlier outputs may be overwritten (torch's cudagraph trees)
+                torch.compiler.cudagraph_mark_step_begin()
             timestep = (t / pipe.scheduler.config.num_train_timesteps).expand(batch).to(latents.dtype)
             if both is not None:
                 pair = velocity(transformer, torch.cat([latents, latents]), both, timestep.repeat(2),

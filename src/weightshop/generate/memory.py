@@ -40,9 +40,10 @@ VAE_TILE = 256  # AutoencoderKLQwenImage's tile_sample_min: a tiled decode works
 VAE_TILE_STRIDE = 192  # ... placed every 192 px
 # Compute-dtype copies of one weight alive while a quantized Linear runs: fp8 / int8 upcast the weight, then
 # multiply by the scale (two copies at once); GGUF types dequantize through fp16 blocks and cast (a third for
-# the 4-bit unpacking); bitsandbytes nf4 dequantizes into one buffer; fp8-mm multiplies in float8.
+# the 4-bit unpacking); bitsandbytes nf4 dequantizes into one buffer; fp8-mm multiplies in float8 and int8-mm in
+# int8 (no weight copy: one bounds the activations' quantized copy and the int32 product).
 DEQUANT_COPIES = {"fp8": 2, "fp8-channel": 2, "fp8-scaled": 2, "int8": 2, "q8_0": 2, "q4_0": 3, "q4_k": 3,
-                  "nf4": 1, "fp8-mm": 1}
+                  "nf4": 1, "fp8-mm": 1, "int8-mm": 1}
 WEIGHT_FORMATS = ("bf16", *DEQUANT_COPIES)
 # The goal of issue 20 at full size, 1024 x 1024 Turbo: peak GiB by weight bits.
 GOALS_GIB = {"8-bit": 16.0, "4-bit": 10.0}

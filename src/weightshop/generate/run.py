@@ -11,8 +11,9 @@ from PIL import Image
 
 import weightshop
 from weightshop.errors import WeightshopError
+from weightshop.generate.fast import FastPath, sample, timed, to_pil
 from weightshop.generate.metadata import save_image
-from weightshop.generate.text import PromptCache
+from weightshop.generate.text import PromptCache, compact, pad_to
 from weightshop.lora.apply import AppliedLora, LoraRequest, apply_loras
 from weightshop.models.loading import LoadedModel
 from weightshop.models.schedule import sampling_sigmas
@@ -36,6 +37,7 @@ class GenerateRequest:
     max_sequence_length: int | None = None
     release_text_encoder: bool = False  # the same as text_encoder="release" (kept for existing callers)
     text_encoder: str | None = None  # keep | offload | release after encoding; None: the model's placement mode
+    fast: FastPath | None = None  # how to render (`generate.fast`); None: the defaults, within 1e-3 of stock
 
     def text_encoder_mode(self, default: str = "keep") -> str:
         """What becomes of the text encoder after encoding: release_text_encoder wins, then text_encoder, then
@@ -53,6 +55,8 @@ class GenerateRequest:
         if self.batch_size < 1:
             raise WeightshopError(f"batch size must be >= 1, got {self.batch_size}")
         self.text_encoder_mode()
+        if self.fast is not None:
+            self.fast.validate()
         self.check_loras()
 
     def check_loras(self) -> None:
@@ -157,15 +161,20 @@ def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path |
     """
     p = plan(model, request)
     pipe = model.pipeline
+    fast = request.fast or FastPath()
+    own_loop = fast.own_loop and model.placement.offload == "none"  # the loop calls modules that hooks would miss
     loras = apply_loras(pipe, request.loras) if request.loras else []
     _use_mu_override(model, request.mu)
-    cache = prompt_cache or PromptCache(pipe, p.max_sequence_length, str(model.source.components))
+    cache = prompt_cache or PromptCache(pipe, p.max_sequence_length, str(model.source.components), trim=fast.trim_text)
     negative = request.negative_prompt or ""
     guided = p.preset.guidance > 0
-    encode(cache, [prompt for prompt, _ in p.jobs] + ([negative] if guided else []),
-           request.text_encoder_mode(model.placement.text_encoder))
+    with timed("encode"):
+        encode(cache, [prompt for prompt, _ in p.jobs] + ([negative] if guided else []),
+               request.text_encoder_mode(model.placement.text_encoder))
 
-    device = pipe._execution_device
+    from weightshop.models.placement import execution_device
+
+    device = execution_device(pipe)
     dtype = pipe.transformer.dtype
     total_steps = len(p.jobs) * p.preset.steps
     done = 0
@@ -174,33 +183,72 @@ def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path |
     for start in range(0, len(p.jobs), request.batch_size):
         chunk = p.jobs[start:start + request.batch_size]
         embeds, mask = cache.get([prompt for prompt, _ in chunk])
-        kwargs = {}
-        if guided:
-            kwargs["negative_prompt_embeds"], kwargs["negative_prompt_embeds_mask"] = cache.get([negative] * len(chunk))
+        neg = cache.get([negative] * len(chunk)) if guided else None
+        if fast.trim_text and not cache.trim:  # a caller's cache of padded prompts: trimmed here instead
+            embeds, mask = compact(embeds, mask)
+            neg = compact(*neg) if neg else None
 
-        def step_callback(_pipe, i, _t, tensors, n=len(chunk)):
+        def step_callback(_i, n=len(chunk)):
             nonlocal done
             done += n
             if on_step:
                 on_step(done, total_steps)
-            return tensors
 
         generators = [torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(s) for _, s in chunk]
-        images = pipe(
-            prompt_embeds=embeds.to(device), prompt_embeds_mask=mask.to(device),
-            height=p.height, width=p.width, num_inference_steps=p.preset.steps,
-            guidance_scale=p.preset.guidance, generator=generators,
-            max_sequence_length=p.max_sequence_length, callback_on_step_end=step_callback,
-            **{k: v.to(device) for k, v in kwargs.items()},
-        ).images
+        images = render_batch(model, p, embeds, mask, neg, generators, fast, on_step=step_callback)
         for (prompt, seed), image in zip(chunk, images):
             record = image_record(model, p, prompt, seed, negative, loras, dtype)
+            record.update(speed_record(pipe, fast, own_loop))
             item = GeneratedImage(image, record)
             if out is not None:
                 index = len(results)
                 item.path = save_image(out / f"{index:04d}_{model.checkpoint.name}_s{seed}.png", image, record)
             results.append(item)
     return results
+
+
+def render_batch(model: LoadedModel, p: Plan, embeds: torch.Tensor, mask: torch.Tensor,
+                 neg: tuple[torch.Tensor, torch.Tensor] | None, generators: list[torch.Generator], fast: FastPath,
+                 on_step: Callable[[int], None] | None = None) -> list[Image.Image]:
+    """One batch of images from its text conditioning, as `generate` renders it (the server's worker calls this
+    too, so both make the same pixels): weightshop's own loop when every model is resident, else the stock
+    pipeline call, whose loop gives both guidance branches one set of positions (one text length)."""
+    from weightshop.models.placement import execution_device
+
+    pipe = model.pipeline
+    device = execution_device(pipe)
+    if fast.own_loop and model.placement.offload == "none":  # the loop calls modules that offload hooks would miss
+        return to_pil(pipe, sample(
+            pipe, embeds.to(device), mask.to(device), height=p.height, width=p.width, steps=p.preset.steps,
+            guidance=p.preset.guidance, mu=p.mu, generators=generators, negative=neg, fast=fast, on_step=on_step))
+    kwargs = {}
+    if neg is not None:
+        length = max(embeds.shape[1], neg[0].shape[1])
+        embeds, mask = pad_to(embeds, mask, length)
+        kwargs["negative_prompt_embeds"], kwargs["negative_prompt_embeds_mask"] = pad_to(*neg, length)
+
+    def callback(_pipe, i, _t, tensors):
+        if on_step:
+            on_step(i)
+        return tensors
+
+    return pipe(prompt_embeds=embeds.to(device), prompt_embeds_mask=mask.to(device), height=p.height, width=p.width,
+                num_inference_steps=p.preset.steps, guidance_scale=p.preset.guidance, generator=generators,
+                max_sequence_length=p.max_sequence_length, callback_on_step_end=callback,
+                **{k: v.to(device) for k, v in kwargs.items()}).images
+
+
+def speed_record(pipe, fast: FastPath, own_loop: bool) -> dict:
+    """What the image record adds when a setting changed the pixels beyond float rounding: the step cache (own
+    loop only) and float8 / int8 matmuls (`fast.speed_up`). Empty for the defaults, so their records stay as
+    they were."""
+    out = {}
+    if own_loop and fast.step_cache > 0:
+        out["step_cache"] = fast.step_cache
+    changed = {k: v for k, v in getattr(pipe, "_weightshop_speed", {}).items() if k in ("fp8_matmul", "int8_matmul")}
+    if changed:
+        out["matmuls"] = changed
+    return out
 
 
 def expected_sigmas(model: LoadedModel, request: GenerateRequest):

@@ -44,7 +44,9 @@ def encode_unpadded(pipeline, prompts: list[str], max_sequence_length: int) -> t
     """Krea2Pipeline.get_text_hidden_states without the padding to max_sequence_length: the same template, the same
     truncation, positions that count real tokens only, the same taps; the batch is padded to its longest prompt only.
     Returns (embeds, mask) as the pipeline would, before `compact`."""
-    device = pipeline._execution_device
+    from weightshop.models.placement import execution_device
+
+    device = execution_device(pipeline)
     prefix = pipeline.prompt_template_encode_start_idx
     suffix_len = pipeline.prompt_template_encode_num_suffix_tokens
     tokens = pipeline.tokenizer([pipeline.prompt_template_encode_prefix + p for p in prompts], truncation=True,

@@ -220,7 +220,7 @@ def quantize_in_memory(model: torch.nn.Module, fmt: str, keep=None, *, share_by_
     `share_by_shape` quantizes the first weight of each shape only and gives every other layer of that shape a copy
     of its blocks: for benchmarks on random weights (speed and memory do not depend on the values), where
     quantizing 12.8 B parameters with GGUF's CPU quantizers would take longer than the measurement."""
-    from weightshop.quant.layers import Float8Linear, Float8MatmulLinear, Int8Linear
+    from weightshop.quant.layers import Float8Linear, Float8MatmulLinear, Int8Linear, Int8MatmulLinear
 
     spec = get_format(fmt)
     keep = tuple(family.quant_keep if keep is None else keep)
@@ -243,7 +243,7 @@ def quantize_in_memory(model: torch.nn.Module, fmt: str, keep=None, *, share_by_
                     if share_by_shape:
                         by_shape[shape] = (q, scale)
                 linear_type = (Float8MatmulLinear if fmt == "fp8-mm" else Float8Linear if spec.numeric == "fp8"
-                               else Int8Linear)
+                               else Int8MatmulLinear if fmt == "int8-mm" else Int8Linear)
                 linear_type.adopt(linear, q.clone() if share_by_shape else q, scale.to(device), dtype)
                 continue
             if share_by_shape and shape in by_shape:

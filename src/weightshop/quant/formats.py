@@ -42,6 +42,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "GGUF Q4_K: super-blocks of 256 4-bit values, 6-bit sub-block scales and mins (4.5 bits)"),
     Format("fp8-mm", "memory", "fp8", True, "",
            "float8 per output channel whose matmuls run in float8 (Ada/Hopper; training's base, inference fast path)"),
+    Format("int8-mm", "memory", "int8", True, "",
+           "int8 per output channel whose matmuls run in int8 with per-token int8 activations (GeForce, CPU)"),
     Format("nf4", "memory", "nf4", False, "", "bitsandbytes 4-bit NormalFloat (QLoRA), CUDA only"),
 )}
 

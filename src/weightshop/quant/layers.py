@@ -7,6 +7,8 @@ inference on quantized files alike.
   (`torch._scaled_mm`, Ada/Hopper), forward and input gradient.
 - `Int8Linear`: int8 weight-only, one fp32 scale per output channel (comfy_quant's int8_tensorwise per_row),
   upcast inside its forward.
+- `Int8MatmulLinear`: the same weight whose matmuls run in int8 (`torch._int_mm`: GeForce-class cards' int8
+  tensor cores, and the CPU), activations quantized per token as they arrive; inference only.
 - nf4: bitsandbytes' `Linear4bit` (QLoRA; CUDA only), converted by `to_nf4`.
 - GGUF blocks (Q8_0, Q4_0, K-quants): diffusers' `GGUFLinear`, built by `weightshop.models.quantized` from
   `quant.gguf_file`.
@@ -22,9 +24,10 @@ from collections.abc import Callable
 import torch
 
 from weightshop.errors import WeightshopError
-from weightshop.quant.numerics import FP8_MAX, fp8_quantize, int8_quantize, quantize_rows
+from weightshop.quant.numerics import FP8_MAX, INT8_MAX, TINY, fp8_quantize, int8_quantize, quantize_rows
 
-__all__ = ["FP8_MAX", "Float8Linear", "Float8MatmulLinear", "Int8Linear", "convert_linears", "quantize_rows",
+__all__ = ["FP8_MAX", "Float8Linear", "Float8MatmulLinear", "Int8Linear", "Int8MatmulLinear", "int8_mm_refusal",
+           "int8_rows", "convert_linears", "quantize_rows",
            "to_nf4", "weight_bytes", "LINEAR_TYPES"]
 
 
@@ -160,12 +163,61 @@ class Int8Linear(torch.nn.Linear):
         return torch.nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
 
 
+def int8_mm_refusal(rows: int, in_features: int, out_features: int, device_type: str) -> str | None:
+    """Why `torch._int_mm` cannot multiply (rows, in) by (in, out) here, or None when it can. CUDA's int8 GEMM
+    (cuBLASLt) wants more than 16 rows and both inner and outer sizes multiples of 8; the CPU kernel takes any
+    shape; other devices have none."""
+    if device_type == "cpu":
+        return None
+    if device_type != "cuda":
+        return f"torch._int_mm has no {device_type} kernel"
+    if rows <= 16:
+        return f"{rows} rows: CUDA's int8 matmul needs more than 16"
+    if in_features % 8 or out_features % 8:
+        return f"{in_features} x {out_features}: CUDA's int8 matmul needs multiples of 8"
+    return None
+
+
+def int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2-D activation as symmetric int8 per row (per token) and one fp32 scale per row: x ~= q * scale."""
+    scale = (x.detach().float().abs().amax(dim=1, keepdim=True) / INT8_MAX).clamp_min(TINY)
+    return torch.round(x.float() / scale).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8), scale
+
+
+class Int8MatmulLinear(Int8Linear):
+    """A frozen Linear stored like `Int8Linear` whose forward multiplies in int8: each token's activations are
+    quantized on the fly (symmetric, one scale per row), `torch._int_mm` accumulates in int32 against the int8
+    weight, and the product is rescaled by the token's scale times the channel's (both are outer scales, so the
+    rescale is exact; the error is the two roundings: per element at most s_x/2 and s_w/2).
+
+    Written for GeForce-class cards (Ampere, Ada consumer parts), whose int8 tensor cores run at twice their bf16
+    rate and which lack float8 (Ampere) or whose float8 rate is capped; `Float8MatmulLinear` is the Hopper path.
+    Inference only (no backward). Where `int8_mm_refusal` gives a reason (too few rows on CUDA, odd sizes, another
+    device), the forward falls back to the weight-only upcast of `Int8Linear`, which computes the same product
+    without the activation rounding; `fallback_reason(x)` says why for a given input."""
+
+    def fallback_reason(self, x: torch.Tensor) -> str | None:
+        rows = x.numel() // max(x.shape[-1], 1)
+        return int8_mm_refusal(rows, self.in_features, self.out_features, x.device.type)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fallback_reason(x) is not None:
+            return super().forward(x)
+        q, scale = int8_rows(x.reshape(-1, x.shape[-1]))
+        acc = torch._int_mm(q, self.weight.t())  # the transposed view is column-major, as cuBLASLt's int8 wants
+        out = (acc.float() * scale * self.weight_scale.reshape(1, -1)).to(self.compute_dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(self.compute_dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
 # In-memory conversions by format name (training's base_dtype names); files add the GGUF types.
 LINEAR_TYPES: dict[str, Callable[[torch.nn.Linear, torch.dtype], torch.nn.Linear]] = {
     "fp8": lambda m, dt: Float8Linear.convert(m, dt),
     "fp8-channel": lambda m, dt: Float8Linear.convert(m, dt, per_channel=True),
     "fp8-mm": lambda m, dt: Float8MatmulLinear.convert(m, dt),
     "int8": lambda m, dt: Int8Linear.convert(m, dt),
+    "int8-mm": lambda m, dt: Int8MatmulLinear.convert(m, dt),
 }
 
 

@@ -309,30 +309,44 @@ class RayEngine(Engine):
         deployment = serve.deployment(Renderer, name="Renderer", num_replicas=self.replicas,
                                       ray_actor_options=options, max_ongoing_requests=1,
                                       health_check_period_s=2.0, health_check_timeout_s=30.0,
-                                      graceful_shutdown_timeout_s=5.0)
+                                      graceful_shutdown_timeout_s=5.0, max_constructor_retry_count=2)
         serve.start(proxy_location="Disabled")  # HTTP is the head's own FastAPI app
         replica_config = replace(self.config, key_hashes={})  # replicas never see API key hashes
-        self.handle = serve.run(deployment.bind(replica_config), name=APP_NAME, route_prefix=None)
-        info = self.handle.facts.remote().result(timeout_s=START_TIMEOUT_S)
+        try:
+            self.handle = serve.run(deployment.bind(replica_config), name=APP_NAME, route_prefix=None)
+            info = self.handle.facts.remote().result(timeout_s=START_TIMEOUT_S)
+        except Exception as e:  # a replica could not load the model: say why, once
+            raise WeightshopError(f"the Ray Serve replicas did not start: {e}") from None
         tokenizer = info["tokenizer"]
         self.facts = ModelFacts(**info["facts"], count_tokens=lambda text: len(tokenizer(text)["input_ids"]))
         model = SimpleNamespace(name=info["model"], checkpoint=SimpleNamespace(name=info["checkpoint"]))
         self.workers = [Dispatcher(self, i, model) for i in range(self.replicas)]
         for dispatcher in self.workers:
             dispatcher.start()
-        log.warning("serving through %d Ray Serve replicas", self.replicas)
+        log.warning("serving through %d Ray Serve replica(s)", self.replicas)
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let the replicas finish (5 s at most: what they leave running is queued again at the
+        next start), join the dispatchers, and shut down Ray if this engine started it. Idempotent."""
+        self.stopping.set()
+        self.wake.set()
+        if not self._stopped and (self.handle is not None or self._started_ray):
+            self._stopped = True
+            _ray, serve = require_ray()
+            try:
+                if self.handle is not None:
+                    serve.delete(APP_NAME)
+            except Exception as e:  # stopping must not raise: Ray may already be gone
+                log.warning("stopping Ray Serve: %s", e)
         super().stop(timeout)
-        if self._stopped or self.handle is None:
-            return
-        self._stopped = True
-        ray, serve = require_ray()
-        try:
-            serve.delete(APP_NAME)
-            if self._started_ray:
-                serve.shutdown()
-                ray.shutdown()
-        except Exception as e:  # stopping must not raise: Ray may already be gone
-            log.warning("stopping Ray Serve: %s", e)
+        if self._started_ray and ray_running():
+            require_ray()[0].shutdown()  # the Serve controller goes with the Ray it ran on
+
+
+def ray_running() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()

@@ -4,6 +4,10 @@ A worker claims a batch of compatible jobs from the store (same size, steps, gui
 set), renders all their images in forward passes of up to `max_batch` images, writes each PNG with its
 generation record, and completes the jobs. Every image draws its noise from its own generator seeded with its
 own seed, so an image is the same whether it was rendered alone or beside others, before or after a restart.
+
+It renders as `weightshop generate` does, through `generate.run.render_batch`: prompts encoded without their
+padding (`PromptCache(trim=True)`) and weightshop's own denoising loop when the model is resident (`generate.fast`),
+so a served image equals the CLI's for the same request (within float rounding of stock diffusers, 1e-3).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 from weightshop.errors import WeightshopError
 from weightshop.generate.metadata import save_image
-from weightshop.generate.run import GenerateRequest, plan
+from weightshop.generate.fast import FastPath
+from weightshop.generate.run import GenerateRequest, plan, render_batch
 from weightshop.generate.text import PromptCache
 from weightshop.serve.adapters import AdapterCache
 from weightshop.serve.store import Job
@@ -53,7 +58,8 @@ class Worker(threading.Thread):
 
     def _new_prompt_cache(self) -> PromptCache:
         self._prompts.clear()
-        return PromptCache(self.model.pipeline, self.model.max_sequence_length, str(self.model.source.components))
+        return PromptCache(self.model.pipeline, self.model.max_sequence_length, str(self.model.source.components),
+                           trim=True)
 
     def run(self) -> None:
         engine = self.engine
@@ -135,7 +141,9 @@ class Worker(threading.Thread):
         cache = self._prompt_cache([it.prompt for it in items] + ([negative] if guided else []))
         metrics.stage_seconds.labels("encode").observe(time.perf_counter() - t_encode)
 
-        device = pipe._execution_device
+        from weightshop.models.placement import execution_device
+
+        device = execution_device(pipe)
         dtype = pipe.transformer.dtype
         max_batch = engine.config.max_batch
         total = len(items) * p.preset.steps
@@ -146,27 +154,20 @@ class Worker(threading.Thread):
             if ids <= engine.cancelled_ids(ids):
                 raise Cancelled()
             embeds, mask = cache.get([it.prompt for it in chunk])
-            kwargs = {}
-            if guided:
-                neg, neg_mask = cache.get([negative] * len(chunk))
-                kwargs = {"negative_prompt_embeds": neg.to(device), "negative_prompt_embeds_mask": neg_mask.to(device)}
+            neg = cache.get([negative] * len(chunk)) if guided else None
 
-            def on_step(_pipe, _i, _t, tensors, n=len(chunk)):
+            def on_step(_i, n=len(chunk)):
                 nonlocal done
                 done += n
                 for job_id in ids:
                     engine.progress[job_id] = done / total
                 if ids <= engine.cancelled_ids(ids):
                     raise Cancelled()
-                return tensors
 
             generators = [torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(it.seed)
                           for it in chunk]
             t_render = time.perf_counter()
-            images = pipe(prompt_embeds=embeds.to(device), prompt_embeds_mask=mask.to(device), height=p.height,
-                          width=p.width, num_inference_steps=p.preset.steps, guidance_scale=p.preset.guidance,
-                          generator=generators, max_sequence_length=p.max_sequence_length,
-                          callback_on_step_end=on_step, **kwargs).images
+            images = render_batch(self.model, p, embeds, mask, neg, generators, FastPath(), on_step=on_step)
             metrics.stage_seconds.labels("render").observe(time.perf_counter() - t_render)
             metrics.batch_images.observe(len(chunk))
             for it, image in zip(chunk, images):
