@@ -36,33 +36,19 @@ def _freeze(linear: torch.nn.Linear) -> None:
         linear.bias.requires_grad_(False)
 
 
-class Float8Linear(torch.nn.Linear):
-    """A frozen Linear whose weight is stored as float8_e4m3fn times an fp32 scale, upcast in its forward.
-
-    Written here rather than using diffusers' layerwise casting because those hooks cast the module's weight in
-    place before and after each forward: under gradient checkpointing with torch.compile the recomputed forward
-    then sees float8 where the first pass had saved bf16 and autograd raises CheckpointError (measured on the
-    H200, reproduced on CPU at nano size). Here the upcast is part of the forward's own graph, so recomputation
-    repeats it exactly and compile fuses it into the matmul's prologue. The absmax scale keeps small weights out
-    of float8's subnormal range, which an unscaled cast (layerwise casting's) loses precision to.
-    """
+class _ScaledLinear(torch.nn.Linear):
+    """A frozen Linear holding a low-precision weight (`stored_dtype`) and its fp32 scale (a scalar, or one per
+    output channel as an (out, 1) column), upcast to `compute_dtype` inside its own forward."""
 
     compute_dtype: torch.dtype = torch.bfloat16
-
-    per_channel = False  # default scale granularity of `convert`; `Float8MatmulLinear` keeps one per channel
-
-    @classmethod
-    def convert(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype,
-                per_channel: bool | None = None) -> "Float8Linear":
-        q, scale = fp8_quantize(linear.weight, cls.per_channel if per_channel is None else per_channel)
-        return cls.adopt(linear, q, scale.to(linear.weight.device), compute_dtype)
+    stored_dtype: torch.dtype
 
     @classmethod
-    def adopt(cls, linear: torch.nn.Linear, q: torch.Tensor, scale: torch.Tensor,
-              compute_dtype: torch.dtype) -> "Float8Linear":
-        """Turn `linear` into this type holding already-quantized `q` (float8_e4m3fn) and `scale` (a file's)."""
-        if q.dtype != torch.float8_e4m3fn:
-            raise WeightshopError(f"Float8Linear needs float8_e4m3fn weights, got {q.dtype}")
+    def adopt(cls, linear: torch.nn.Linear, q: torch.Tensor, scale: torch.Tensor, compute_dtype: torch.dtype):
+        """Turn `linear` into this type holding already-quantized `q` and `scale` (a file's, or `convert`'s)."""
+        if q.dtype != cls.stored_dtype:
+            raise WeightshopError(f"{cls.__name__} needs {str(cls.stored_dtype).removeprefix('torch.')} weights, "
+                                  f"got {q.dtype}")
         linear.weight = torch.nn.Parameter(q, requires_grad=False)
         linear.register_buffer("weight_scale", scale.float().reshape(-1, 1) if scale.numel() > 1
                                else scale.float().reshape(()))
@@ -77,6 +63,28 @@ class Float8Linear(torch.nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         return torch.nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
+
+
+class Float8Linear(_ScaledLinear):
+    """A frozen Linear whose weight is stored as float8_e4m3fn times an fp32 scale, upcast in its forward.
+
+    Written here rather than using diffusers' layerwise casting because those hooks cast the module's weight in
+    place before and after each forward: under gradient checkpointing with torch.compile the recomputed forward
+    then sees float8 where the first pass had saved bf16 and autograd raises CheckpointError (measured on the
+    H200, reproduced on CPU at nano size). Here the upcast is part of the forward's own graph, so recomputation
+    repeats it exactly and compile fuses it into the matmul's prologue. The absmax scale keeps small weights out
+    of float8's subnormal range, which an unscaled cast (layerwise casting's) loses precision to.
+    """
+
+    stored_dtype = torch.float8_e4m3fn
+
+    per_channel = False  # default scale granularity of `convert`; `Float8MatmulLinear` keeps one per channel
+
+    @classmethod
+    def convert(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype,
+                per_channel: bool | None = None) -> "Float8Linear":
+        q, scale = fp8_quantize(linear.weight, cls.per_channel if per_channel is None else per_channel)
+        return cls.adopt(linear, q, scale.to(linear.weight.device), compute_dtype)
 
 
 class _Float8Matmul(torch.autograd.Function):
@@ -128,39 +136,19 @@ class Float8MatmulLinear(Float8Linear):
         return _Float8Matmul.apply(x, self.weight, self.weight_scale, self.bias, self.compute_dtype)
 
 
-class Int8Linear(torch.nn.Linear):
+class Int8Linear(_ScaledLinear):
     """A frozen Linear stored as symmetric int8 with one fp32 scale per output channel, upcast in its forward.
 
     Written here (training once used torchao's int8 weight-only tensors) so that the layout of a file (comfy_quant
     int8_tensorwise with per-row scales) and the module are the same two tensors: a file loads by assignment and
     saves back bit for bit, and peft wraps it like any Linear."""
 
-    compute_dtype: torch.dtype = torch.bfloat16
+    stored_dtype = torch.int8
 
     @classmethod
     def convert(cls, linear: torch.nn.Linear, compute_dtype: torch.dtype) -> "Int8Linear":
         q, scale = int8_quantize(linear.weight)
         return cls.adopt(linear, q, scale.to(linear.weight.device), compute_dtype)
-
-    @classmethod
-    def adopt(cls, linear: torch.nn.Linear, q: torch.Tensor, scale: torch.Tensor,
-              compute_dtype: torch.dtype) -> "Int8Linear":
-        if q.dtype != torch.int8:
-            raise WeightshopError(f"Int8Linear needs int8 weights, got {q.dtype}")
-        linear.weight = torch.nn.Parameter(q, requires_grad=False)
-        linear.register_buffer("weight_scale", scale.float().reshape(-1, 1) if scale.numel() > 1
-                               else scale.float().reshape(()))
-        _freeze(linear)
-        linear.__class__ = cls
-        linear.compute_dtype = compute_dtype
-        return linear
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.weight.to(self.compute_dtype) * self.weight_scale.to(self.compute_dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return torch.nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)
 
 
 def int8_mm_refusal(rows: int, in_features: int, out_features: int, device_type: str) -> str | None:
