@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from weightshop.cli.main import app
 from weightshop.errors import WeightshopError
-from weightshop.generate import GenerateRequest, generate
+from weightshop.generate import GenerateRequest, generate, plan
 from weightshop.generate.text import PromptCache
 from weightshop.generate.memory import (block_working_bytes, full_size_inference_shape, measure_stages,
                                         model_inference_shape, predict_inference, transformer_working_bytes)
@@ -199,3 +200,37 @@ def test_cli_plan_inference_measure_on_nano():
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
     assert 0.85 < out["ratio"] < 1.15
+
+
+def test_guided_denoise_is_predicted_as_one_batch_of_both_branches(monkeypatch):
+    """Raw's guided sampling in weightshop's loop batches the two branches: the denoise working set is that of a
+    transformer batch of 2, measured here on krea2-nano-raw (padded text, as the prediction counts it; the VAE
+    left out so the peak is the loop's)."""
+    import weightshop.generate.fast as fast
+    from weightshop.generate.fast import FastPath, sample
+    from weightshop.models.memory import measure_peak
+
+    raw = "krea2-nano-raw"
+    model = load_model(raw, dtype="fp32", device="cpu")
+    request = GenerateRequest(prompts=["a red circle"], width=256, height=256, steps=2)
+    p = plan(model, request)
+    assert p.preset.guidance > 0
+    cache = PromptCache(model.pipeline, p.max_sequence_length, "guided")
+    with torch.no_grad():
+        embeds, mask = cache.get(["a red circle"])
+        neg = cache.get([""])
+    monkeypatch.setattr(fast, "decode", lambda pipe, latents, h, w: latents)
+    measured = measure_peak(lambda: sample(
+        model.pipeline, embeds, mask, height=256, width=256, steps=2, guidance=p.preset.guidance, mu=p.mu,
+        generators=[torch.Generator().manual_seed(0)], negative=neg, fast=FastPath(trim_text=False)), "cpu")
+    shape = model_inference_shape(raw)
+    resident = {"transformer", "text encoder", "VAE"}
+
+    def denoise_work(guided):
+        result = predict_inference(shape, fmt="bf16", height=256, dtype="fp32", guided=guided)
+        return sum(v for k, v in result.stages["denoise"].items() if k not in resident), result
+
+    guided, result = denoise_work(True)
+    unguided, _ = denoise_work(False)
+    assert result.settings["forward_batch"] == 2 and guided > 1.5 * unguided
+    assert guided == pytest.approx(measured, rel=0.15), (guided, unguided, measured)

@@ -204,17 +204,33 @@ def test_a_probe_from_another_world_is_refused_by_name(smoke, tmp_path):
         load_probe(tmp_path / "probe")
 
 
-def test_single_frame_vae_path_is_exact():
-    from weightshop.models.qwen_vae import use_single_frame_convs
+def test_single_frame_vae_paths_match_diffusers_and_can_be_switched_off():
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageRMS_norm
+
+    from weightshop.models.qwen_vae import as_shipped, use_fast_paths
     from weightshop.models.tiny import tiny_vae
 
     vae = tiny_vae()
     x = torch.rand(2, 3, 1, 32, 32) * 2 - 1
     with torch.no_grad():
         reference = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        assert use_single_frame_convs(vae) > 10 and use_single_frame_convs(vae) == 0
+        assert use_fast_paths(vae) > 10 and use_fast_paths(vae) == 0
         fast = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    assert torch.allclose(reference, fast, atol=1e-5)
+        with as_shipped(vae):
+            shipped = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        again = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    assert torch.equal(shipped, reference)  # the library's own forwards inside as_shipped
+    assert torch.allclose(reference, fast, atol=1e-5) and not torch.equal(reference, fast)
+    assert torch.equal(again, fast)  # and the fast paths back after it
+    norm = next(m for m in vae.modules() if isinstance(m, QwenImageRMS_norm))
+    y = torch.randn(2, norm.gamma.shape[0], 1, 8, 8, dtype=torch.bfloat16)
+    with torch.no_grad(), as_shipped(vae):
+        expected = norm(y)
+    with torch.no_grad():
+        assert norm(y).dtype == expected.dtype
+        assert (norm(y).float() - expected.float()).abs().max() <= 1e-2 * expected.float().abs().max()
+        zeros = torch.zeros(1, norm.gamma.shape[0], 1, 2, 2)
+        assert torch.equal(norm(zeros), zeros)  # the eps keeps 0 / 0 out, as F.normalize does
 
 
 def test_committed_family_is_intact_and_loads():

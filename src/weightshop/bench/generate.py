@@ -138,10 +138,13 @@ def stock_clock(pipe, device):
 
 
 def run_stock(model, prompts: list[str], seeds: list[int], size: int, steps: int, guidance: float, max_len: int):
-    """Krea2Pipeline.__call__ as a diffusers user calls it, with the checkpoint's preset: (seconds, stages)."""
+    """Krea2Pipeline.__call__ as a diffusers user calls it, with the checkpoint's preset, on diffusers' own VAE
+    forwards (weightshop's single-frame fast paths, `models.qwen_vae`, are off for the call): (seconds, stages)."""
+    from weightshop.models.qwen_vae import as_shipped
+
     pipe = model.pipeline
     device = pipe._execution_device
-    with stock_clock(pipe, device) as (times, on_step):
+    with stock_clock(pipe, device) as (times, on_step), as_shipped(pipe.vae):
         sync(device)
         began = time.perf_counter()
         pipe(prompt=prompts, negative_prompt=[NEGATIVE] * len(prompts) if guidance > 0 else None, height=size,
@@ -252,8 +255,12 @@ def available(name: str, device: str) -> str | None:
 
 
 def image_checks(model, size: int, steps: int | None) -> dict:
-    """Numbers the bench's speed-ups rest on: weightshop's loop with padded text equals stock exactly; trimmed text
-    and batched guidance stay within float rounding of it (max |difference| of [0, 1] images)."""
+    """Numbers the bench's speed-ups rest on: weightshop's loop with padded text equals stock exactly (both on
+    weightshop's VAE paths); trimmed text and batched guidance stay within float rounding of it; stock on diffusers'
+    own VAE forwards, as the timed stock runs decode, within float rounding of stock on weightshop's (max
+    |difference| of [0, 1] images)."""
+    from weightshop.models.qwen_vae import as_shipped
+
     from weightshop.generate import GenerateRequest, plan
     from weightshop.generate.fast import FastPath, sample
     from weightshop.generate.text import PromptCache
@@ -273,13 +280,19 @@ def image_checks(model, size: int, steps: int | None) -> dict:
         return sample(pipe, embeds.to(device), mask.to(device), height=size, width=size, steps=p.preset.steps,
                       guidance=p.preset.guidance, mu=p.mu, generators=gens(), negative=neg, fast=fast).float()
 
-    stock = pipe(prompt=[PROMPT], negative_prompt=[NEGATIVE] if guided else None, height=size, width=size,
-                 num_inference_steps=p.preset.steps, guidance_scale=p.preset.guidance, generator=gens(),
-                 max_sequence_length=p.max_sequence_length, output_type="pt").images.float()
+    def call_stock():
+        return pipe(prompt=[PROMPT], negative_prompt=[NEGATIVE] if guided else None, height=size, width=size,
+                    num_inference_steps=p.preset.steps, guidance_scale=p.preset.guidance, generator=gens(),
+                    max_sequence_length=p.max_sequence_length, output_type="pt").images.float()
+
+    stock = call_stock()
+    with as_shipped(pipe.vae):
+        shipped = call_stock()
     padded = render(FastPath(trim_text=False, batch_guidance=False))
     trimmed = render(FastPath())
     return {"own_loop_vs_stock": (padded - stock).abs().max().item(),
-            "trimmed_vs_padded": (trimmed - padded).abs().max().item(), "tolerance": 1e-3}
+            "trimmed_vs_padded": (trimmed - padded).abs().max().item(),
+            "fast_vae_vs_shipped": (stock - shipped).abs().max().item(), "tolerance": 1e-3}
 
 
 def step_cache_rows(model, size: int, steps: int, thresholds: list[float], device: str) -> list[dict]:

@@ -52,6 +52,9 @@ def plan(
                                "for the format, and which meet the full-size goal."),
     measure: bool = typer.Option(False, "--measure", help="--inference: also render once and measure the real peak "
                                  "(needs --model-name; CUDA if available, else CPU)."),
+    guided: bool = typer.Option(None, "--guided/--unguided", help="--inference: classifier-free guidance (Raw's "
+                                "preset: both branches batched with offload none); default the named model's "
+                                "checkpoint preset, unguided (Turbo) for full size."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Predict the peak GPU memory of a training run (or with --inference, of one generation), say whether it fits,
@@ -62,7 +65,8 @@ def plan(
         from weightshop.cli.plan_inference import plan_inference
 
         plan_inference(model=model, fmt=fmt, size=size, batch=batch, offload=offload, text_encoder=text_encoder,
-                       vae_tiling=vae_tiling, modes=modes, measure=measure, gpu=gpu, as_json=as_json)
+                       vae_tiling=vae_tiling, modes=modes, measure=measure, gpu=gpu, as_json=as_json,
+                       guided=guided)
         return
 
     from weightshop.models.shape import full_size_shape, model_shape

@@ -15,7 +15,8 @@ def _mib(n: int) -> str:
 
 
 def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int, offload: str, text_encoder: str,
-                   vae_tiling: bool, modes: bool, measure: bool, gpu: str | None, as_json: bool) -> None:
+                   vae_tiling: bool, modes: bool, measure: bool, gpu: str | None, as_json: bool,
+                   guided: bool | None = None) -> None:
     from rich.table import Table
 
     from weightshop.generate.memory import (full_size_inference_shape, goal_gib, mode_grid, model_inference_shape,
@@ -30,9 +31,11 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
     from weightshop.cli.plan import parse_size
 
     height, width = parse_size(size, shape.transformer.default_size)
+    if guided is None:
+        guided = model is not None and _preset_guided(model)
     gpu_bytes = parse_gpu(gpu) if gpu is not None else None
     if modes:
-        rows = mode_grid(shape, (fmt,), height, width=width, batch=batch)
+        rows = mode_grid(shape, (fmt,), height, width=width, batch=batch, guided=guided)
         emit({"model": shape.name, "height": height, "width": width, "rows": rows}, as_json)
         if as_json:
             return
@@ -49,7 +52,7 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
         return
 
     result = predict_inference(shape, fmt=fmt, height=height, width=width, batch=batch, placement=placement,
-                               dtype=_dtype_for_measure() if measure else "bf16")
+                               dtype=_dtype_for_measure() if measure else "bf16", guided=guided)
     out = result.to_dict()
     measured = None
     if measure:
@@ -58,7 +61,8 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
         if measured["device"] == "cpu" and (offload, text_encoder) != ("none", "keep"):
             # On the CPU every model stays in host memory whatever the mode: compare with the plan that says so.
             compared = predict_inference(shape, fmt=fmt, height=height, width=width, batch=batch,
-                                         placement=Placement("none", vae_tiling=vae_tiling), dtype=s_dtype(result))
+                                         placement=Placement("none", vae_tiling=vae_tiling), dtype=s_dtype(result),
+                                         guided=guided)
             result.notes.append("measured on the CPU, where offloading keeps every model in host memory: the ratio "
                                 f"compares with the prediction for offload none ({_mib(compared.allocated)} MiB)")
         out["measured"] = measured
@@ -72,7 +76,8 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
     s = result.settings
     console.print(f"[bold]{result.model}[/] one generation at {height}x{width}, batch {batch}: "
                   f"{s['image_tokens']} image "
-                  f"+ {s['text_tokens']} text tokens; blocks {fmt}, offload {offload}, text encoder {text_encoder}, "
+                  f"+ {s['text_tokens']} text tokens"
+                  f"{', guided (transformer batch ' + str(s['forward_batch']) + ')' if s['guided'] else ''}; blocks {fmt}, offload {offload}, text encoder {text_encoder}, "
                   f"VAE tiling {'on' if vae_tiling else 'off'}", highlight=False)
     table = Table()
     table.add_column("stage")
@@ -137,6 +142,14 @@ def _dtype_for_measure() -> str:
     return "bf16" if torch.cuda.is_available() else "fp32"
 
 
+def _preset_guided(model: str) -> bool:
+    """Whether a named model's checkpoint samples with guidance by default (Raw: yes, Turbo: no)."""
+    from weightshop.models.loading import resolve_source
+
+    source = resolve_source(model)
+    return source.family.checkpoint(source.checkpoint).preset.guidance > 0
+
+
 def _measure(model: str, result) -> dict:
     """Render once as the plan says (CUDA when present, else CPU) and measure the peak."""
     import torch
@@ -149,6 +162,6 @@ def _measure(model: str, result) -> dict:
     loaded = load_in_format(model, s["format"], dtype=s["dtype"], device=device, offload=s["offload"],
                             vae_tiling=s["vae_tiling"], text_encoder=s["text_encoder"])
     request = GenerateRequest(prompts=["a red circle"], seeds=list(range(s["batch"])), batch_size=s["batch"],
-                              width=result.width, height=result.height)
+                              width=result.width, height=result.height, guidance=None if s["guided"] == _preset_guided(model) else (4.0 if s["guided"] else 0.0))
     measured = measure_generation(loaded, request, device)
     return {**measured, "device": device}

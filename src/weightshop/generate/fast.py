@@ -3,6 +3,8 @@
 Each change is measured by `weightshop bench generate` against stock diffusers in the same run:
 
 - text trimmed to the prompt's real length (`generate.text`): images within 1e-3 of the padded ones; on by default.
+- the blocks run as one function each (`generate.blocks`: the same operations, bit-identical, without the module
+  wrappers' per-call costs).
 - the text features (text fusion + txt_in) computed once per generation instead of at every step: they do not
   depend on the timestep, so this is exact; and RoPE tables once. On whenever this loop runs.
 - Raw's guidance branches batched into one forward (positive and negative side by side, padded to a common text
@@ -29,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from weightshop.generate.blocks import prepare, run_block
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,9 @@ class FirstBlockCache:
 
 
 def velocity(transformer, latents: torch.Tensor, text: TextFeatures, timestep: torch.Tensor, rope,
-             cache: FirstBlockCache | None = None) -> torch.Tensor:
-    """Krea2Transformer2DModel.forward from the image tokens on, with precomputed text features and RoPE tables."""
+             cache: FirstBlockCache | None = None, blocks: list | None = None) -> torch.Tensor:
+    """Krea2Transformer2DModel.forward from the image tokens on, with precomputed text features and RoPE tables;
+    `blocks`: the transformer's blocks as `generate.blocks.prepare` makes them (once per generation)."""
     batch, image_len, _ = latents.shape
     text_len = text.states.shape[1]
     temb = transformer.time_embed(timestep, dtype=latents.dtype)
@@ -233,14 +238,14 @@ def velocity(transformer, latents: torch.Tensor, text: TextFeatures, timestep: t
     if text.mask is not None:
         mask = torch.cat([text.mask, text.mask.new_ones((batch, image_len))], dim=1)[:, None, None, :]
     hidden = torch.cat([text.states, transformer.img_in(latents)], dim=1)
-    blocks = transformer.transformer_blocks
-    hidden = blocks[0](hidden, temb_mod, rope, mask)
+    blocks = prepare(transformer.transformer_blocks) if blocks is None else blocks
+    hidden = run_block(blocks[0], hidden, temb_mod, rope, mask)
     if cache is not None and cache.reuse(hidden):
         hidden = hidden + cache.residual
     else:
         first = hidden
         for block in blocks[1:]:
-            hidden = block(hidden, temb_mod, rope, mask)
+            hidden = run_block(block, hidden, temb_mod, rope, mask)
         if cache is not None:
             cache.store(first, hidden)
     return transformer.final_layer(hidden[:, text_len:], temb)
@@ -282,6 +287,7 @@ def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width
     ropes = {t.states.shape[1]: None for t in (cond, uncond, both) if t is not None}
     ropes = {n: rope(n) for n in ropes}
     cache = FirstBlockCache(fast.step_cache) if fast.step_cache > 0 else None
+    blocks = prepare(transformer.transformer_blocks)
     clock = _CLOCK.get()
     graphs = bool(getattr(pipe, "_weightshop_speed", {}).get("cuda_graphs"))
     for i, t in enumerate(timesteps_for(pipe, steps, mu, device)):
@@ -291,11 +297,11 @@ def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width
             timestep = (t / pipe.scheduler.config.num_train_timesteps).expand(batch).to(latents.dtype)
             if both is not None:
                 pair = velocity(transformer, torch.cat([latents, latents]), both, timestep.repeat(2),
-                                ropes[both.states.shape[1]], cache)
+                                ropes[both.states.shape[1]], cache, blocks)
                 pred, neg = pair[:batch], pair[batch:]
             else:
-                pred = velocity(transformer, latents, cond, timestep, ropes[cond.states.shape[1]], cache)
-                neg = (velocity(transformer, latents, uncond, timestep, ropes[uncond.states.shape[1]])
+                pred = velocity(transformer, latents, cond, timestep, ropes[cond.states.shape[1]], cache, blocks)
+                neg = (velocity(transformer, latents, uncond, timestep, ropes[uncond.states.shape[1]], None, blocks)
                        if guided else None)
             if neg is not None:
                 pred = pred + guidance * (pred - neg)

@@ -4,9 +4,10 @@ A generation has three stages, and its peak is the largest of them:
 
   encode    the text encoder (Qwen3-VL) over max_sequence_length + 34 template tokens per prompt, keeping every
             layer's hidden states (the pipeline asks for all of them and stacks the tapped ones)
-  denoise   one transformer forward at a time (guidance runs the negative pass after the positive one, not
-            batched): the per-block working set over batch x (text + image) tokens, or the text fusion's over
-            batch x text x taps, whichever is larger; plus a quantized format's dequantized weight
+  denoise   one transformer forward at a time: the per-block working set over batch x (text + image) tokens, or
+            the text fusion's over batch x text x taps, whichever is larger; plus a quantized format's dequantized
+            weight. Guided sampling (Raw) in weightshop's own loop (offload none) runs both branches as one
+            forward over 2 x batch; the stock call under offload hooks runs them one after the other
   decode    the Qwen-Image VAE: every causal convolution keeps a copy of its input (its frame cache) until the
             decode ends, and the largest stage's working set sits on top; tiling decodes 256 px tiles instead
 
@@ -282,10 +283,12 @@ def _format_width(fmt: str) -> None:
 
 def predict_inference(shape: InferenceShape, *, fmt: str = "bf16", height: int = 1024, width: int | None = None,
                       batch: int = 1, prompts: int | None = None, placement: Placement = Placement(),
-                      dtype: str = "bf16", counts: WeightCounts | None = None) -> InferencePlan:
+                      dtype: str = "bf16", counts: WeightCounts | None = None, guided: bool = False) -> InferencePlan:
     """Peak device memory of one generation of `batch` images at height x width with the transformer's blocks in
     weight format `fmt` (bf16 or a quantized format), the rest in `dtype`, placed as `placement`. `prompts`: how
-    many prompts the text encoder encodes at once (default `batch`; guidance adds the negative one)."""
+    many prompts the text encoder encodes at once (default `batch`); `guided`: classifier-free guidance (Raw's
+    preset), which adds the negative prompt to the encoding and, with offload none, where weightshop's loop batches
+    the two branches, doubles the transformer's batch."""
     from weightshop.models.spec import validate_size
 
     width = width or height
@@ -312,9 +315,10 @@ def predict_inference(shape: InferenceShape, *, fmt: str = "bf16", height: int =
 
     tokens = t.image_tokens(height, width)
     scale = t.vae_scale_factor
-    te_work = text_encoder_working_bytes(shape.text_encoder, prompts or batch, t.max_sequence_length,
+    te_work = text_encoder_working_bytes(shape.text_encoder, (prompts or batch) + guided, t.max_sequence_length,
                                          t.config["num_text_layers"], w)
-    tr_work = transformer_working_bytes(t, batch, tokens, w, dequant)
+    forward_batch = 2 * batch if guided and placement.offload == "none" else batch  # `generate.fast.sample`
+    tr_work = transformer_working_bytes(t, forward_batch, tokens, w, dequant)
     decode_batch = 1 if placement.vae_slicing else batch
     if placement.vae_tiling:
         vae_work = vae_tiled_bytes(shape.vae, height, width, decode_batch, w, scale)
@@ -355,7 +359,8 @@ def predict_inference(shape: InferenceShape, *, fmt: str = "bf16", height: int =
                      f"encoder mode {placement.text_encoder} lowers only the later stages")
     if off == "sequential":
         notes.append("sequential offload moves every weight for every step: expect it to be many times slower")
-    settings = {"format": fmt, "dtype": dtype, "batch": batch, "prompts": prompts or batch, **placement.to_dict(),
+    settings = {"format": fmt, "dtype": dtype, "batch": batch, "prompts": prompts or batch, "guided": guided,
+                "forward_batch": forward_batch, **placement.to_dict(),
                 "image_tokens": tokens, "text_tokens": t.max_sequence_length}
     weights = {"transformer": transformer, "text encoder": text_encoder, "VAE": vae}
     return InferencePlan(shape.name, height, width, settings, weights, stages, notes)

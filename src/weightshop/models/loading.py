@@ -308,17 +308,17 @@ class SharedComponents:
 
 
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32):
-    """The shared VAE of a components directory, with the exact single-frame fast path."""
+    """The shared VAE of a components directory, with the single-frame fast paths (`models.qwen_vae`)."""
     from diffusers import AutoencoderKLQwenImage
 
-    from weightshop.models.qwen_vae import use_single_frame_convs
+    from weightshop.models.qwen_vae import use_fast_paths
 
     path = Path(path)
     try:
         vae = AutoencoderKLQwenImage.from_pretrained(path, subfolder="vae", torch_dtype=dtype).eval()
     except (OSError, ValueError) as e:
         raise WeightshopError(f"could not load the VAE from {path / 'vae'}: {e}") from None
-    use_single_frame_convs(vae)
+    use_fast_paths(vae)
     return vae
 
 
@@ -430,9 +430,9 @@ def build_pipeline(transformer, shared: SharedComponents, checkpoint: Checkpoint
     """A Krea2Pipeline with weightshop's scheduler config and the checkpoint's is_distilled flag."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
 
-    from weightshop.models.qwen_vae import use_single_frame_convs
+    from weightshop.models.qwen_vae import use_fast_paths
 
-    use_single_frame_convs(shared.vae)
+    use_fast_paths(shared.vae)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(family.scheduler_config())
     pipe = Krea2Pipeline(
         scheduler=scheduler,

@@ -179,10 +179,10 @@ class Build:
 
         from weightshop.models.loading import SharedComponents
 
-        from weightshop.models.qwen_vae import use_single_frame_convs
+        from weightshop.models.qwen_vae import use_fast_paths
 
         vae = AutoencoderKLQwenImage.from_pretrained(self.final / "vae").eval()
-        use_single_frame_convs(vae)
+        use_fast_paths(vae)
         encoder = Qwen3VLModel.from_pretrained(self.final / "text_encoder").eval()
         tokenizer = AutoTokenizer.from_pretrained(self.final / "tokenizer")
         return SharedComponents(vae, encoder, tokenizer, self.recipe.text.select_layers, self.final)

@@ -103,9 +103,9 @@ class Conditioner:
 def encode_scenes(vae, scenes: list, size: int = 64, batch: int = 128,
                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """VAE latent means (N, C, h, w) of the rendered scenes, computed once and reused every epoch."""
-    from weightshop.models.qwen_vae import use_single_frame_convs
+    from weightshop.models.qwen_vae import use_fast_paths
 
-    use_single_frame_convs(vae)
+    use_fast_paths(vae)
     out = []
     with torch.no_grad():
         for start in range(0, len(scenes), batch):

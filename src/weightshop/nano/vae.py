@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weightshop.models.qwen_vae import use_single_frame_convs
+from weightshop.models.qwen_vae import use_fast_paths
 from weightshop.nano import world
 from weightshop.state import run_loop, warmup_cosine
 
@@ -93,7 +93,7 @@ def train_vae(workdir: Path, recipe: VaeRecipe = VaeRecipe(), max_steps: int | N
     """Train (or resume) the VAE in workdir; returns (vae, info). Stops at recipe.steps, max_steps or deadline."""
     torch.manual_seed(recipe.seed)
     vae = build_vae(recipe)
-    use_single_frame_convs(vae)
+    use_fast_paths(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
 
     def step_loss(step: int):
