@@ -1,7 +1,7 @@
 """`weightshop demo`: the loop on the embedded model, one stage after another, ending in one report.
 
 Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table
-and timings on krea2-nano), curate (a domain set of a held-out concept, the star shape by default or
+and timings on krea2-nano, and Turbo's speed against stock diffusers on the same weights), curate (a domain set of a held-out concept, the star shape by default or
 striped fills, with planted faults: checked, the marked images excluded, ground-truth captioned and cached
 twice to show the second run is a no-op), train (the concept's LoRA on Raw from that cache, verified on
 Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio, recommended
@@ -86,6 +86,24 @@ def _generate_tiny(pair: ModelPair, workdir: Path, progress: Progress) -> tuple[
     speedup = rows[0]["seconds_per_image"] / rows[1]["seconds_per_image"]
     summary = {"table": rows, "turbo_speedup": speedup, "grid": str(grid_path)}
     return summary, table_html(rows) + f"<p>Turbo is {speedup:.1f}x faster per image.</p><img src='{data_uri(grid)}'>"
+
+
+def _vs_stock(pair: ModelPair, repeats: int = 3) -> tuple[dict, str]:
+    """Turbo through weightshop's `generate` against stock diffusers' Krea2Pipeline on the same weights, interleaved
+    (`bench.generate.measure_config`, the bench's default configuration): seconds per image and the ratio."""
+    from weightshop.bench.generate import measure_config
+    from weightshop.models.placement import execution_device
+
+    model = pair.turbo
+    row = measure_config(model, "eager", size=model.default_size, steps=None, batch=1, repeats=repeats, warmup=1,
+                         device=str(execution_device(model.pipeline)), memory=False)
+    out = {"stock_s": row["stock"]["s_per_image"], "weightshop_s": row["weightshop"]["s_per_image"],
+           "x_stock": row["speedup"], "repeats": repeats}
+    body = (f"<p>Turbo through weightshop: {out['weightshop_s'] * 1e3:.0f} ms per image against "
+            f"{out['stock_s'] * 1e3:.0f} ms for stock diffusers' Krea2Pipeline on the same weights "
+            f"(<b>{out['x_stock']:.2f}x</b>; median of {repeats}; `weightshop bench generate` measures every "
+            f"configuration).</p>")
+    return out, body
 
 
 def curate_concept_set(model_dir: Path, workdir: Path, progress: Progress, concept: str) -> tuple[dict, str]:
@@ -348,6 +366,8 @@ def run_demo(workdir: str | Path, progress: Progress | None = None, prompts: int
         pair = load_pair(*ensure_tiny_models(workdir), dtype="fp32")
         generate_summary, body = _generate_tiny(pair, workdir, progress)
     nano = model_name == "krea2-nano" and not quick
+    generate_summary["vs_stock"], speed_body = _vs_stock(pair)
+    body += speed_body
     curate_summary, curate_body = curate_concept_set(Path(pair.raw.source.transformer), workdir, progress, concept)
     train_summary, train_body = _train(pair, workdir, progress, nano, concept)
     transfer_summary, transfer_body = _transfer(pair, train_summary["lora"], workdir, progress, nano, concept)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from weightshop.cli.main import app
@@ -90,6 +91,9 @@ def test_demo_json(tmp_path):
     assert curate["auto_captioned"] == 1 and curate["cache_second_run_encoded"] == 0
     assert (tmp_path / "curate" / "report.html").is_file() and (tmp_path / "curate" / "dataset.json").is_file()
     assert summary["stages"]["generate"]["turbo_speedup"] > 1
+    speed = summary["stages"]["generate"]["vs_stock"]
+    assert speed["stock_s"] > 0 and speed["weightshop_s"] > 0
+    assert speed["x_stock"] == pytest.approx(speed["stock_s"] / speed["weightshop_s"])
     train = summary["stages"]["train"]
     assert train["steps"] >= 1 and train["modules_injected_on_turbo"] == train["modules"] > 0
     transfer = summary["stages"]["transfer"]

@@ -34,8 +34,12 @@ def demo(
     for row in rows:
         table.add_row(*(f"{row.get(c):.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns))
     console.print(table)
-    console.print(f"Turbo is {summary['stages']['generate']['turbo_speedup']:.1f}x faster per image than Raw; "
+    generated = summary["stages"]["generate"]
+    console.print(f"Turbo is {generated['turbo_speedup']:.1f}x faster per image than Raw; "
                   f"demo took {summary['seconds']:.0f} s")
+    speed = generated["vs_stock"]
+    console.print(f"speed: Turbo in {speed['weightshop_s'] * 1e3:.0f} ms per image, {speed['x_stock']:.2f}x stock "
+                  f"diffusers ({speed['stock_s'] * 1e3:.0f} ms) on the same weights")
     curate = summary["stages"]["curate"]
     caught = curate["planted_faults_caught"]
     console.print(f"curate: {curate['counts']}; planted faults caught {sum(caught.values())}/{len(caught)} "
