@@ -69,3 +69,21 @@ def test_step_cache_drift_is_judged_on_a_suite(tiny_raw, tmp_path):
     assert row["psnr"] < 100 and row["speedup"] > 0  # the cache answered steps: the images moved
     assert 0 < row["cached_steps"] < row["steps_run"] == 3 * 52
     json.dumps(report)
+
+
+def test_cli_bench_generate(tmp_path):
+    from typer.testing import CliRunner
+
+    from weightshop.cli.main import app
+
+    out = tmp_path / "g.json"
+    result = CliRunner().invoke(app, ["bench", "generate", "--configs", "eager", "--batches", "1", "--repeats", "1",
+                                      "--warmup", "0", "--cache-thresholds", "", "--raw-model", "", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "x stock" in result.output and "diffusers ships it" in result.output
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["config"] == "eager" and row["speedup"] == row["stock"]["seconds"] / row["weightshop"]["seconds"]
+    assert out.with_suffix(".png").stat().st_size > 0
+    bad = CliRunner().invoke(app, ["bench", "generate", "--configs", "eager,turbo-mode"])
+    assert bad.exit_code == 2 and "turbo-mode" in bad.output and "padded" in bad.output

@@ -113,4 +113,6 @@ def generate(
     checks = report["checks"] or {}
     if checks:
         console.print(f"images: weightshop's loop vs stock {checks['own_loop_vs_stock']:.1e}, trimmed vs padded text "
-                      f"{checks['trimmed_vs_padded']:.1e} (tolerance {checks['tolerance']:.0e})")
+                      f"{checks['trimmed_vs_padded']:.1e}, weightshop's VAE paths vs diffusers' "
+                      f"{checks['fast_vae_vs_shipped']:.1e} (tolerance {checks['tolerance']:.0e}); stock timed as "
+                      "diffusers ships it")
