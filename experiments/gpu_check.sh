@@ -6,15 +6,7 @@
 #
 # On a machine without diffusers/peft, carry their wheels in .whl/ (see docs/benchmarks.md).
 set -u
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1
-# what a 24 GB card wants: the caching allocator grows segments instead of keeping per-size blocks
-export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
-OUT="${OUT:-weightshop-out}"; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_env.sh"
 python3 -c "import torch, diffusers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
 # the float8 matmul's error against bf16 at a full-size block shape, before anything is timed
 python3 - <<'PY' || exit 1

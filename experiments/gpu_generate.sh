@@ -10,14 +10,8 @@
 # On a machine without diffusers/transformers, carry their wheels in .whl/ (see docs/benchmarks.md).
 # NANO=1 runs the same path at krea2-nano size on the CPU (tests/test_gpu_scripts.py).
 set -u
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 PY="${PYTHON:-python3}"
-OUT="${OUT:-weightshop-out}"; mkdir -p "$OUT"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" || exit 1
 if [ -n "${NANO-}" ]; then
   ARGS=(--model krea2-nano-turbo --raw-model krea2-nano-raw --device cpu --configs "${CONFIGS:-eager}" --batches 1

@@ -33,7 +33,7 @@ from weightshop.errors import WeightshopError
 from weightshop.io import atomic_write_bytes, atomic_write_json
 from weightshop.serve.adapters import lora_catalog, resolve_loras
 from weightshop.serve.config import ServeConfig
-from weightshop.serve.engine import Engine, ModelFacts
+from weightshop.serve.engine import Engine, ModelFacts, serve_batches
 from weightshop.serve.metrics import Metrics
 from weightshop.serve.store import Job, JobStore
 
@@ -203,20 +203,7 @@ class Dispatcher(threading.Thread):
         self.lost = 0  # renders that lost their replica
 
     def run(self) -> None:
-        engine = self.engine
-        while not engine.stopping.is_set():
-            jobs = engine.store.claim(engine.config.max_batch)
-            if not jobs:
-                engine.wake.wait(0.2)
-                engine.wake.clear()
-                continue
-            try:
-                self.dispatch(jobs)
-            except Exception:  # the dispatcher never dies of one batch
-                log.error("batch failed:\n%s", traceback.format_exc())
-                for job in jobs:
-                    if engine.store.fail(job, "internal error while rendering"):
-                        engine.metrics.jobs.labels("failed").inc()
+        serve_batches(self.engine, self.dispatch)
 
     def dispatch(self, jobs: list[Job]) -> None:
         engine, metrics, store = self.engine, self.engine.metrics, self.engine.store

@@ -12,10 +12,8 @@ so a served image equals the CLI's for the same request (within float rounding o
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,9 @@ from weightshop.generate.fast import FastPath
 from weightshop.generate.run import GenerateRequest, plan, render_batch
 from weightshop.generate.text import PromptCache
 from weightshop.serve.adapters import AdapterCache
+from weightshop.serve.engine import serve_batches
 from weightshop.serve.store import Job
 
-log = logging.getLogger("weightshop.serve")
 PROMPT_CACHE_SIZE = 1024  # distinct prompts kept encoded per worker before the cache starts afresh
 
 
@@ -62,20 +60,7 @@ class Worker(threading.Thread):
                            trim=True)
 
     def run(self) -> None:
-        engine = self.engine
-        while not engine.stopping.is_set():
-            jobs = engine.store.claim(engine.config.max_batch)
-            if not jobs:
-                engine.wake.wait(0.2)
-                engine.wake.clear()
-                continue
-            try:
-                self.process(jobs)
-            except Exception:  # a worker never dies of one batch: the jobs fail, the next batch runs
-                log.error("batch failed:\n%s", traceback.format_exc())
-                for job in jobs:
-                    if engine.store.fail(job, "internal error while rendering"):
-                        engine.metrics.jobs.labels("failed").inc()
+        serve_batches(self.engine, self.process)
 
     def process(self, jobs: list[Job]) -> None:
         engine, metrics = self.engine, self.engine.metrics
