@@ -116,6 +116,27 @@ def test_ray_replicas_serve_the_same_api(ray_server):
     assert "weightshop_images_total 1.0" in metrics
 
 
+def test_progress_of_a_render_on_a_replica_reaches_the_api(ray_server):
+    """A replica posts its jobs' progress to the head's board; GET /v1/jobs/ID shows it while the job runs (4
+    images of 4 steps, one at a time: about 4 s)."""
+    url = ray_server.url
+    status, body = post_json(f"{url}/v1/jobs", {**JOB, "n": 4, "seed": 3}, key=KEYS["alice"], timeout=10)
+    assert status == 202, body
+    seen, final = [], None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # bounded: 90 s, a poll every 0.1 s
+        final = json.loads(get(f"{url}/v1/jobs/{body['id']}", auth("alice"))[1])
+        if final["status"] == "running":
+            seen.append(final["progress"])
+        if final["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert final["status"] == "done" and final["progress"] == 1.0
+    partial = [p for p in seen if 0 < p < 1]
+    assert partial and partial == sorted(partial), seen  # seen mid-render, and only ever forward
+    assert body["id"] not in ray_server.engine.progress  # forgotten once the job ended
+
+
 def test_a_replica_killed_under_load_loses_no_job_and_runs_none_twice(ray_server):
     url = ray_server.url
     accepted: list[str] = []

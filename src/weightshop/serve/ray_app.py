@@ -8,13 +8,14 @@ opens the store or the results directory, so a replica may live on any node of t
 
 Between them, one dispatcher thread per replica claims a batch from the store (as a local worker does), sends it to
 a replica through a Serve handle, writes the PNGs atomically and completes the jobs under the attempt that claimed
-them. When a replica dies mid-render (killed, out of memory, its node gone) the call fails: the dispatcher puts the
-jobs back in the queue under that same attempt, Serve starts a replacement, and the jobs are rendered again
-(`attempts` grows; same seeds, same images) and complete once. A render with no answer within `RENDER_TIMEOUT_S`
-is treated the same way; an answer that comes later is never read, and could change nothing anyway, since only the
-head writes and only under the attempt it claimed. A job whose renders lose `MAX_RENDERS` replicas fails rather
-than take down the next one. kill -9 of the head is the single-process case: at restart `recover` requeues what
-was running (the head is the only process that claims).
+them; while it waits it reads the jobs' progress, which the replica posts to a small named actor (`ProgressBoard`),
+so GET /v1/jobs/ID moves as it does with local workers. When a replica dies mid-render (killed, out of memory, its
+node gone) the call fails: the dispatcher puts the jobs back in the queue under that same attempt, Serve starts a
+replacement, and the jobs are rendered again (`attempts` grows; same seeds, same images) and complete once. A render
+with no answer within `RENDER_TIMEOUT_S` is treated the same way; an answer that comes later is never read, and
+could change nothing anyway, since only the head writes and only under the attempt it claimed. A job whose renders
+lose `MAX_RENDERS` replicas fails rather than take down the next one. kill -9 of the head is the single-process
+case: at restart `recover` requeues what was running (the head is the only process that claims).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ RENDER_TIMEOUT_S = 600.0  # one batch on one replica, before the dispatcher give
 START_TIMEOUT_S = 600.0  # the replicas load their models
 MAX_RENDERS = 3  # renders of one job that lost their replica before the job fails
 RETRY_PAUSE_S = 1.0  # a dispatcher's pause after a lost replica, while Serve replaces it
+PROGRESS_BOARD = "weightshop-progress"  # the named Ray actor replicas post job progress to (namespace "weightshop")
+PROGRESS_POST_S = 0.25  # a replica posts progress at most this often
+PROGRESS_POLL_S = 0.5  # a dispatcher reads it this often while its batch renders
 
 
 def require_ray():
@@ -113,14 +117,65 @@ def replay(metrics: Metrics, calls: list) -> None:
         getattr(metric.labels(*labels) if labels else metric, method)(value)
 
 
-class _ReplicaEngine:
-    """What a `Worker` asks of its engine, inside a replica: the config, LoRAs by name, metrics; no store (the head
-    owns it), so nothing to cancel mid-render: the head drops the images of a job cancelled meanwhile."""
+class ProgressBoard:
+    """A Ray actor between replicas and head: a replica posts the progress of the jobs it renders, the head's
+    dispatchers read it while they wait for the batch. Progress is not durable (the store never holds it), so the
+    head stays the store's one writer."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def post(self, values: dict[str, float]) -> None:
+        self.values.update(values)
+
+    def read(self, ids: list[str]) -> dict[str, float]:
+        return {i: self.values[i] for i in ids if i in self.values}
+
+    def forget(self, ids: list[str]) -> None:
+        for i in ids:
+            self.values.pop(i, None)
+
+
+def progress_board(create: bool = False):
+    """The progress board's actor handle (created by the head with `create`), or None where there is none (a
+    replica built outside Serve, in a test)."""
+    import ray
+
+    try:
+        if create:
+            return ray.remote(ProgressBoard).options(name=PROGRESS_BOARD, namespace="weightshop", num_cpus=0,
+                                                     get_if_exists=True).remote()
+        return ray.get_actor(PROGRESS_BOARD, namespace="weightshop")
+    except (ValueError, RuntimeError):
+        return None
+
+
+class _PostedProgress(dict):
+    """A replica's job progress (a Worker writes it as a local engine's): kept here, and posted to the progress
+    board at most every PROGRESS_POST_S seconds and whenever a job reaches 1."""
+
+    def __init__(self, board) -> None:
+        super().__init__()
+        self.board = board
+        self.posted = 0.0
+
+    def __setitem__(self, job_id: str, value: float) -> None:
+        super().__setitem__(job_id, value)
+        now = time.monotonic()
+        if self.board is not None and (now - self.posted >= PROGRESS_POST_S or value >= 1.0):
+            self.posted = now
+            self.board.post.remote(dict(self))
+
+
+class _ReplicaEngine:
+    """What a `Worker` asks of its engine, inside a replica: the config, LoRAs by name, metrics, progress (posted to
+    the head's board); no store (the head owns it), so nothing to cancel mid-render: the head drops the images of a
+    job cancelled meanwhile."""
+
+    def __init__(self, config: ServeConfig, board=None) -> None:
         self.config = config
         self.metrics = _RecordedMetrics()
-        self.progress: dict[str, float] = {}
+        self.progress: dict[str, float] = _PostedProgress(board)
 
     def lora_requests(self, loras: list[dict]):
         return resolve_loras([(x["name"], x["strength"]) for x in loras], lora_catalog(self.config.lora_dir),
@@ -143,7 +198,7 @@ class Renderer:
         device = "cuda" if uses_gpu(config) else "cpu"  # Ray gives a GPU replica its own CUDA_VISIBLE_DEVICES
         model = load_model(config.model, components=config.components, checkpoint=config.checkpoint,
                            dtype=config.dtype, device=device, offload=config.offload)
-        self.engine = _ReplicaEngine(config)
+        self.engine = _ReplicaEngine(config, progress_board())
         self.worker = Worker(self.engine, model, device)  # never started as a thread: render() is called here
         self.name = f"{socket.gethostname()}:{os.getpid()}:{device}"
         if config.warmup:
@@ -162,6 +217,7 @@ class Renderer:
         from weightshop.generate.metadata import png_bytes
 
         self.engine.metrics.calls = []
+        self.engine.progress.clear()
         start = time.perf_counter()
         answer = {"replica": self.name, "metrics": self.engine.metrics.calls}
         try:
@@ -206,6 +262,25 @@ class Dispatcher(threading.Thread):
         serve_batches(self.engine, self.dispatch)
 
     def dispatch(self, jobs: list[Job]) -> None:
+        try:
+            self.render(jobs)
+        finally:
+            self.engine.forget_progress({job.id for job in jobs})
+
+    def wait(self, response, ids: set[str]) -> dict:
+        """The replica's answer, reading the jobs' progress from the board meanwhile; TimeoutError after
+        RENDER_TIMEOUT_S."""
+        deadline = time.monotonic() + RENDER_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return response.result(timeout_s=max(0.01, min(PROGRESS_POLL_S, left)))
+            except TimeoutError:
+                if left <= PROGRESS_POLL_S or self.engine.stopping.is_set():
+                    raise
+                self.engine.read_progress(ids)
+
+    def render(self, jobs: list[Job]) -> None:
         engine, metrics, store = self.engine, self.engine.metrics, self.engine.store
         for job in jobs:
             metrics.stage_seconds.labels("queue").observe(max(0.0, time.time() - job.created))
@@ -214,7 +289,7 @@ class Dispatcher(threading.Thread):
             return
         response = engine.handle.render.remote([asdict(job) for job in jobs])
         try:
-            answer = response.result(timeout_s=RENDER_TIMEOUT_S)
+            answer = self.wait(response, ids)
         except Exception as e:  # the replica died or never answered: render the jobs again elsewhere
             if engine.stopping.is_set():
                 return  # left running: the next start's `recover` queues them again
@@ -274,6 +349,7 @@ class RayEngine(Engine):
         self.store = RayJobStore(config.db_path)
         self.metrics = Metrics(queue_depth=self.store.depth)
         self.handle = None
+        self.board = None
         self.replicas = 0
         self._started_ray = False
         self._stopped = False
@@ -292,6 +368,7 @@ class RayEngine(Engine):
                 ray.init(address="local", include_dashboard=False, log_to_driver=False,
                          _node_ip_address="127.0.0.1")
             self._started_ray = True
+        self.board = progress_board(create=True)
         self.replicas, options = replica_plan(self.config, ray.cluster_resources())
         deployment = serve.deployment(Renderer, name="Renderer", num_replicas=self.replicas,
                                       ray_actor_options=options, max_ongoing_requests=1,
@@ -312,6 +389,24 @@ class RayEngine(Engine):
             dispatcher.start()
         log.warning("serving through %d Ray Serve replica(s)", self.replicas)
         return self
+
+    def read_progress(self, ids: set[str]) -> None:
+        """The board's progress of these running jobs into the engine's (what GET /v1/jobs/ID reports); best effort:
+        a board that does not answer leaves the last value."""
+        if self.board is None:
+            return
+        import ray
+
+        try:
+            self.progress.update(ray.get(self.board.read.remote(sorted(ids)), timeout=PROGRESS_POLL_S))
+        except Exception:  # progress is a courtesy: never let it fail a render
+            pass
+
+    def forget_progress(self, ids: set[str]) -> None:
+        for job_id in ids:
+            self.progress.pop(job_id, None)
+        if self.board is not None:
+            self.board.forget.remote(sorted(ids))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let the replicas finish (5 s at most: what they leave running is queued again at the
