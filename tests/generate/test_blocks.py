@@ -91,5 +91,12 @@ def test_hooks_compile_and_other_processors_keep_the_module_call(transformer):
     assert not plain(blocks[1])
     blocks[1].attn.set_processor(Krea2AttnProcessor())
     assert plain(blocks[1])
+
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    add_hook_to_module(blocks[1].ff, ModelHook())  # accelerate (and diffusers' registry) replace `forward` instead
+    assert not plain(blocks[1])
+    remove_hook_from_module(blocks[1].ff)
+    assert plain(blocks[1])
     blocks[1].compile()  # regional compile marks the module; its compiled graph must be what runs
     assert not plain(blocks[1])

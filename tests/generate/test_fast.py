@@ -139,6 +139,36 @@ def test_cuda_graphs_path_compiles_blocks_in_reduce_overhead_mode(fresh_raw, mon
     assert fast.speed_up(fresh_raw, cuda_graphs=True, compile=True)["cuda_graphs"] > 0
     assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
     assert torch.equal(render(fresh_raw, FastPath(), steps=3), before) and len(marks) == 3
+    assert fast.runs_own_loop(fresh_raw, FastPath())  # the loop's own step marks: its hook does not count
+    marks.clear()
+    stock(fresh_raw, steps=2)  # a stock call marks each transformer forward (two guided steps, two branches each)
+    assert len(marks) == 4
+
+
+def test_a_hook_on_the_whole_transformer_turns_the_own_loop_off(fresh_raw):
+    """A diffusers or accelerate hook on the transformer (a cache, layerwise casting) lives in its forward, which
+    weightshop's loop never calls: generate then takes the stock call, and the hook runs."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    from weightshop.generate import fast
+
+    class Count(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Count.calls += 1
+            return args, kwargs
+
+    transformer = fresh_raw.pipeline.transformer
+    assert fast.runs_own_loop(fresh_raw, FastPath())
+    add_hook_to_module(transformer, Count())
+    try:
+        assert not fast.runs_own_loop(fresh_raw, FastPath())
+        generate(fresh_raw, GenerateRequest(prompts=[PROMPT], steps=2))
+        assert Count.calls == 4  # the stock call: two guided steps, a forward per branch
+    finally:
+        remove_hook_from_module(transformer)
+    assert fast.runs_own_loop(fresh_raw, FastPath())
 
 
 def test_generate_cli_speed_flags(tiny_dirs, tmp_path):

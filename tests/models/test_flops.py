@@ -57,5 +57,6 @@ def test_training_step_and_mfu():
     assert flops.training_step_flops(NANO, 64, 32) == 3 * NANO_FORWARD
     assert flops.training_step_flops(NANO, 64, 32, checkpointing=False) == 2 * NANO_FORWARD
     assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and flops.peak_tflops("NVIDIA H100", fp8=True) == 1979.0
+    assert flops.peak_tflops("NVIDIA H100 PCIe") == 756.0 and flops.peak_tflops("NVIDIA H100 NVL", fp8=True) == 1671.0
     assert flops.peak_tflops("cpu") is None and flops.mfu(1e12, 1.0, "cpu") is None
-    assert flops.mfu(989e12 / 2, 1.0, "NVIDIA H100 PCIe") == pytest.approx(0.5)
+    assert flops.mfu(756e12 / 2, 1.0, "NVIDIA H100 PCIe") == pytest.approx(0.5)

@@ -6,9 +6,11 @@ machinery of the block, its norms, its attention and its feed-forward, and `Krea
 `inspect.signature` of its processor at every call (about a tenth of a nano step on the CPU). The Linear layers
 are still called as modules, so whatever sits there runs: peft's LoRA layers, weightshop's quantized Linears.
 
-It stands in for `block(...)` only where nothing could tell the difference (`plain`): no hooks on the modules it
-bypasses, the block not compiled (a compiled block runs its compiled graph), and the attention processor the
-model was built with. Anything else runs the block as a module.
+It stands in for `block(...)` only where nothing could tell the difference (`plain`): the diffusers classes it was
+written against, no hooks on the modules it bypasses (torch's hook lists, and the hooks diffusers and accelerate
+install by replacing `forward`: caches, layerwise casting, offloading), the block not compiled (a compiled block
+runs its compiled graph), and the attention processor the model was built with. Anything else runs the block as a
+module.
 """
 
 from __future__ import annotations
@@ -19,14 +21,31 @@ import torch
 import torch.nn.functional as F
 
 
+def hooked(module, ignore: tuple[int, ...] = ()) -> bool:
+    """Whether calling the module runs more than its class's forward: torch hooks (but the pre-hooks whose ids are
+    in `ignore`), or a hook that replaced `forward` on the instance (diffusers' HookRegistry, accelerate's
+    add_hook_to_module), or a compiled call."""
+    forward = vars(module).get("forward")  # a removed accelerate hook leaves the class's own forward bound here
+    replaced = forward is not None and getattr(forward, "__func__", None) is not type(module).forward
+    pre_hooks = set(module._forward_pre_hooks) - set(ignore)
+    return bool(module._forward_hooks or pre_hooks or replaced
+                or bool(getattr(getattr(module, "_diffusers_hook", None), "hooks", None))
+                or hasattr(module, "_hf_hook")
+                or getattr(module, "_compiled_call_impl", None) is not None)
+
+
 def plain(block) -> bool:
     """Whether `run_block` computes exactly what calling the block would."""
-    from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
+    from diffusers.models.transformers.transformer_krea2 import (Krea2Attention, Krea2AttnProcessor, Krea2RMSNorm,
+                                                                 Krea2SwiGLU, Krea2TransformerBlock)
 
-    if getattr(block, "_compiled_call_impl", None) is not None:
+    if type(block) is not Krea2TransformerBlock:
         return False
-    bypassed = (block, block.norm1, block.norm2, block.attn, block.ff)
-    if any(m._forward_hooks or m._forward_pre_hooks for m in bypassed):
+    expected = ((block.norm1, Krea2RMSNorm), (block.norm2, Krea2RMSNorm), (block.attn, Krea2Attention),
+                (block.ff, Krea2SwiGLU))
+    if any(type(m) is not cls for m, cls in expected):
+        return False
+    if any(hooked(m) for m in (block, block.norm1, block.norm2, block.attn, block.ff)):
         return False
     return type(block.attn.processor) is Krea2AttnProcessor
 

@@ -19,7 +19,9 @@ Each change is measured by `weightshop bench generate` against stock diffusers i
   drift are measured by the bench.
 
 The loop calls the transformer's parts itself, so it runs only with every model resident on the device (offload
-"none"); with offload hooks `generate` keeps the stock call, with trimmed text.
+"none") and a transformer without hooks or compile of its own (`runs_own_loop`: a diffusers cache or an accelerate
+hook on the whole transformer lives in the forward the loop never calls); otherwise `generate` keeps the stock
+call, with trimmed text. Blocks with hooks run as modules (`generate.blocks.plain`).
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False, int8_mat
     fast GPU). Options the device cannot run are refused before anything changes. Returns what was done."""
     from weightshop.errors import WeightshopError
 
+    from weightshop.models.placement import execution_device
+
     transformer = model.pipeline.transformer
-    device = next(transformer.parameters()).device
+    device = execution_device(model.pipeline)  # under offload the weights sit on the CPU between calls
     check_speed_options(device, fp8_matmul=fp8_matmul, int8_matmul=int8_matmul, cuda_graphs=cuda_graphs)
     done = dict(getattr(model.pipeline, "_weightshop_speed", {}))
     quantized = "fp8_matmul" if done.get("fp8_matmul") else "int8_matmul" if done.get("int8_matmul") else None
@@ -86,12 +90,27 @@ def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False, int8_mat
         from weightshop.models.compiled import compile_blocks
 
         done["cuda_graphs"] = compile_blocks(transformer, dynamic=False, mode="reduce-overhead")
+        # A stock pipeline call runs the graphed blocks too, without marking its steps: each of its forwards begins
+        # a step here, or a block would read an output the next replay overwrote. (weightshop's loop marks its own.)
+        handle = transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
+        done["step_mark_hook"] = handle.id
     elif compile and not done.get("compile") and not done.get("cuda_graphs"):
         from weightshop.models.compiled import compile_blocks
 
         done["compile"] = compile_blocks(transformer, dynamic=None)
     model.pipeline._weightshop_speed = done
     return done
+
+
+def runs_own_loop(model, fast: FastPath) -> bool:
+    """Whether `generate` renders with weightshop's loop: asked for; every model resident (offload "none": the loop
+    calls modules that offload hooks would miss); and the transformer called as diffusers wrote it (a hook or a
+    compile on the whole transformer, such as diffusers' caches, would be skipped by the loop). Else the stock
+    pipeline call renders, with trimmed text."""
+    from weightshop.generate.blocks import hooked
+
+    ours = tuple(i for i in (getattr(model.pipeline, "_weightshop_speed", {}).get("step_mark_hook"),) if i is not None)
+    return fast.own_loop and model.placement.offload == "none" and not hooked(model.pipeline.transformer, ours)
 
 
 def check_speed_options(device: torch.device | str, *, fp8_matmul: bool = False, int8_matmul: bool = False,

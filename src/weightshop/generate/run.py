@@ -11,7 +11,7 @@ from PIL import Image
 
 import weightshop
 from weightshop.errors import WeightshopError
-from weightshop.generate.fast import FastPath, sample, timed, to_pil
+from weightshop.generate.fast import FastPath, runs_own_loop, sample, timed, to_pil
 from weightshop.generate.metadata import save_image
 from weightshop.generate.text import PromptCache, compact, pad_to
 from weightshop.lora.apply import AppliedLora, LoraRequest, apply_loras
@@ -162,7 +162,7 @@ def generate(model: LoadedModel, request: GenerateRequest, out_dir: str | Path |
     p = plan(model, request)
     pipe = model.pipeline
     fast = request.fast or FastPath()
-    own_loop = fast.own_loop and model.placement.offload == "none"  # the loop calls modules that hooks would miss
+    own_loop = runs_own_loop(model, fast)
     loras = apply_loras(pipe, request.loras) if request.loras else []
     _use_mu_override(model, request.mu)
     cache = prompt_cache or PromptCache(pipe, p.max_sequence_length, str(model.source.components), trim=fast.trim_text)
@@ -217,7 +217,7 @@ def render_batch(model: LoadedModel, p: Plan, embeds: torch.Tensor, mask: torch.
 
     pipe = model.pipeline
     device = execution_device(pipe)
-    if fast.own_loop and model.placement.offload == "none":  # the loop calls modules that offload hooks would miss
+    if runs_own_loop(model, fast):
         return to_pil(pipe, sample(
             pipe, embeds.to(device), mask.to(device), height=p.height, width=p.width, steps=p.preset.steps,
             guidance=p.preset.guidance, mu=p.mu, generators=generators, negative=neg, fast=fast, on_step=on_step))

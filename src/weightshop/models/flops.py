@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 
 TERA = 1e12
 # Dense peak TFLOP/s (no sparsity) by GPU name fragment: (bf16, fp8). The datasheets' figures; MFU divides by them.
-PEAK_TFLOPS = {"H200": (989.0, 1979.0), "H100": (989.0, 1979.0), "A100": (312.0, None), "L40S": (362.0, 733.0),
+# The first fragment found in the device's name wins: the PCIe and NVL H100s come before the SXM one.
+PEAK_TFLOPS = {"H200": (989.0, 1979.0), "H100 PCIe": (756.0, 1513.0), "H100 NVL": (835.0, 1671.0),
+               "H100": (989.0, 1979.0), "A100": (312.0, None), "L40S": (362.0, 733.0),
                "4090": (165.2, 330.3), "5090": (209.5, 419.0), "3090": (71.0, None), "A6000": (154.8, None)}
 
 
