@@ -193,6 +193,62 @@ def test_cli_plan_inference():
     assert bad.exit_code == 2 and "keep, offload, release" in bad.output
 
 
+def test_cli_plan_inference_flops_come_from_the_flop_model():
+    """`weightshop plan --inference` counts a generation with models.flops (the FLOP model `weightshop bench
+    generate` reports MFU with): full size at Turbo's preset, padded text as the plan counts it."""
+    from weightshop.models import flops
+    from weightshop.models.spec import KREA2
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", "--inference", "--gpu", "H100", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    full = full_size_inference_shape().transformer
+    turbo = KREA2.checkpoint("turbo").preset
+    work = flops.generation_flops(full.config, full.image_tokens(1024, 1024), full.max_sequence_length, turbo.steps,
+                                  False)
+    assert out["settings"]["text_tokens"] == full.max_sequence_length and out["settings"]["image_tokens"] == 4096
+    assert (out["checkpoint"], out["sampling_steps"]) == ("turbo", 8) and out["generation_flops"] == work
+    peak = flops.peak_tflops("H100")
+    assert out["peak_tflops"] == {"bf16": peak}
+    assert out["flop_lower_bound_s_per_image"] == {"bf16": pytest.approx(work / (peak * 1e12), rel=1e-12)}
+
+    guided = json.loads(runner.invoke(app, ["plan", "--inference", "--guided", "--json"]).output)  # Raw's preset
+    raw = KREA2.checkpoint("raw").preset
+    assert (guided["checkpoint"], guided["sampling_steps"]) == ("raw", raw.steps)
+    assert guided["generation_flops"] == flops.generation_flops(full.config, 4096, full.max_sequence_length,
+                                                                raw.steps, True)
+
+    result = runner.invoke(app, ["plan", "--inference", "--gpu", "24GB", "--json"])  # a size names no card
+    out = json.loads(result.output)
+    assert out["generation_flops"] == work and out["peak_tflops"] is None
+    assert out["flop_lower_bound_s_per_image"] is None
+    text = runner.invoke(app, ["plan", "--inference", "--gpu", "H100", "--format", "fp8-mm"])
+    assert text.exit_code == 0, text.output
+    assert "compute (models.flops)" in text.output and "FLOP-limited lower bound on H100" in text.output
+    assert "s fp8" in text.output
+
+
+@needs_nano
+def test_cli_plan_inference_flops_of_nano_follow_its_preset():
+    """krea2-nano is the Raw checkpoint: its preset's steps, guided (two forwards a step), per image over a batch."""
+    from weightshop.models import flops
+    from weightshop.models.spec import KREA2
+
+    result = CliRunner().invoke(app, ["plan", "--inference", "--model-name", "krea2-nano", "--size", "256",
+                                      "--batch", "2", "--gpu", "H100", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    nano = model_inference_shape("krea2-nano").transformer
+    raw = KREA2.checkpoint("raw").preset
+    work = flops.generation_flops(nano.config, nano.image_tokens(256, 256), nano.max_sequence_length, raw.steps,
+                                  True, batch=2)
+    assert out["settings"]["guided"] and (out["checkpoint"], out["sampling_steps"]) == ("raw", raw.steps)
+    assert out["generation_flops"] == work
+    assert out["flop_lower_bound_s_per_image"] == {
+        "bf16": pytest.approx(work / 2 / (flops.peak_tflops("H100") * 1e12), rel=1e-12)}
+
+
 @needs_nano
 def test_cli_plan_inference_measure_on_nano():
     result = CliRunner().invoke(app, ["plan", "--inference", "--model-name", NANO, "--size", "128", "--measure",

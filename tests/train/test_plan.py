@@ -208,6 +208,55 @@ def test_cli_json_and_table(tmp_path):
     assert json.loads(out.stdout)["base_parameters"] < 20e6
 
 
+def test_cli_step_flops_come_from_the_flop_model(full, nano):
+    """`weightshop plan` counts a step with models.flops (the FLOP model `weightshop bench train` reports MFU with),
+    and bounds its time by the card's dense peak only when --gpu names a card whose peak is known."""
+    from weightshop.models import flops
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["plan", "--gpu", "H100", "--resolution", "512", "--set", "schedule.batch_size=2",
+                              "--set", "memory.gradient_checkpointing=true", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    step = flops.training_step_flops(full.config, full.image_tokens(512, 512), full.max_sequence_length, 2, True)
+    assert result["image_tokens"] == 1024 and result["text_tokens"] == full.max_sequence_length == 512
+    assert result["step_flops"] == step and result["tflop_per_step"] == pytest.approx(step / 1e12)
+    peak = flops.peak_tflops("H100")
+    assert result["peak_tflops"] == {"bf16": peak} and peak == 989.0
+    assert result["flop_lower_bound_s_per_step"] == {"bf16": pytest.approx(step / (peak * 1e12), rel=1e-12)}
+
+    # krea2-nano (--model: the model the config names), checkpointing off by default, a bare size: no bound
+    out = runner.invoke(app, ["plan", "--model", "--gpu", "24GB", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    step = flops.training_step_flops(nano.config, nano.image_tokens(nano.default_size, nano.default_size),
+                                     nano.max_sequence_length, 1, False)
+    assert result["step_flops"] == step
+    assert result["peak_tflops"] is None and result["flop_lower_bound_s_per_step"] is None
+
+    text = runner.invoke(app, ["plan", "--gpu", "H100", "--set", "memory.gradient_checkpointing=true"])
+    assert text.exit_code == 0, text.output
+    assert "compute (models.flops)" in text.output and "FLOP-limited lower bound on H100" in text.output
+    text = runner.invoke(app, ["plan", "--gpu", "24GB"])
+    assert text.exit_code == 0 and "no FLOP-limited bound" in text.output
+
+
+def test_fp8_matmul_base_gets_an_fp8_bound_too(full):
+    from weightshop.models import flops
+    from weightshop.train.plan import card_peaks
+
+    result = plan(run(base_dtype="fp8-mm", checkpointing=True), full, 1024, gpu="H100")
+    step = flops.training_step_flops(full.config, 4096, 512, 1, True)
+    assert result.step_flops == step
+    assert result.flop_lower_bound_s_per_step == pytest.approx(
+        {"bf16": step / (flops.peak_tflops("H100") * 1e12), "fp8": step / (flops.peak_tflops("H100", True) * 1e12)})
+    assert plan(run(checkpointing=True), full, 1024, gpu="H100").flop_lower_bound_s_per_step.keys() == {"bf16"}
+    # Only a card name gets a peak: a size, even one that contains a card's number, does not.
+    assert card_peaks("rtx4090") == {"bf16": flops.peak_tflops("4090")}
+    for size in ("24GB", "80", "5090MiB", None):
+        assert card_peaks(size) is None
+
+
 def test_prediction_matches_the_recorded_full_size_gpu_peaks():
     """docs/benchmarks/gpu-train-h200.json: the trainer's step on full-size Krea 2 (random weights) on an H200,
     written by experiments/gpu_check.sh. The plan must predict each allocator peak within 5 %."""

@@ -29,6 +29,23 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def _flops(n: float) -> str:
+    return f"{n / 1e12:.1f} TFLOP" if n >= 1e11 else f"{n / 1e9:.2f} GFLOP"
+
+
+def flops_text(flops: float, what: str, per: str, bound_s: dict[str, float] | None,
+               peaks: dict[str, float] | None, gpu: str | None) -> str:
+    """The compute line of a plan: the FLOPs of `what` (models.flops) and, on a card whose peak is known, the
+    FLOP-limited lower bound in seconds `per` (a step, an image) at the card's dense peak."""
+    text = f"compute (models.flops): {_flops(flops)} per {what}"
+    if bound_s and peaks:
+        bounds = ", ".join(f"{bound_s[k]:.3g} s {k} ({peaks[k]:g} TFLOP/s)" for k in bound_s)
+        return f"{text}; FLOP-limited lower bound on {gpu}: {bounds} per {per} (no run is faster)"
+    if gpu is not None:
+        return f"{text}; no FLOP-limited bound: --gpu {gpu} names no card whose peak is known"
+    return text
+
+
 @guarded
 def plan(
     config: Path = typer.Argument(None, help="Run config (YAML); optional with --preset / --set."),
@@ -79,7 +96,7 @@ def plan(
     cfg = load_config(config, set_ or [], preset, base={"data": {"manifest": "(not needed to plan)"}})
     shape = full_size_shape() if full_size else model_shape(cfg.model.raw, cfg.model.components)
     height, width = parse_size(resolution, shape.default_size)
-    result = make_plan(cfg, shape, height, width, gpu_bytes)
+    result = make_plan(cfg, shape, height, width, gpu_bytes, gpu)
     emit(result.to_dict(), as_json)
     if as_json:
         return
@@ -103,6 +120,10 @@ def plan(
     if gpu_bytes is not None:
         table.add_row("GPU", show(gpu_bytes))
     console.print(table)
+    what = f"step of batch {s['batch_size']}" + (f" (an optimizer step is {s['grad_accum']} of them)"
+                                                  if s["grad_accum"] > 1 else "")
+    console.print(flops_text(result.step_flops, what, "step", result.flop_lower_bound_s_per_step,
+                             result.peak_tflops, gpu), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     if result.fits is None:

@@ -69,6 +69,7 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
         out["ratio"] = compared.allocated / measured["peak"] if measured["peak"] else None
     if gpu_bytes is not None:
         out["gpu_bytes"], out["fits"] = gpu_bytes, result.total <= gpu_bytes
+    out.update(generation_compute(shape.transformer.config, model, result.settings, gpu))
     emit(out, as_json)
     if as_json:
         return
@@ -102,8 +103,45 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
     if gpu_bytes is not None:
         verdict = "[bold green]fits[/]" if out["fits"] else "[bold red]does not fit[/]"
         console.print(verdict, f"on {_gib(gpu_bytes)} GiB")
+    from weightshop.cli.plan import flops_text
+
+    what = (f"generation ({out['checkpoint']}'s {out['sampling_steps']} steps"
+            f"{', guided' if s['guided'] else ''}, batch {batch}, {s['text_tokens']} text tokens as padded: "
+            f"trimmed prompts do less)")
+    console.print(flops_text(out["generation_flops"], what, "image", out["flop_lower_bound_s_per_image"],
+                             out["peak_tflops"], gpu), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
+
+
+def generation_compute(config: dict, model: str | None, settings: dict, gpu: str | None) -> dict:
+    """The FLOPs of the planned generation (models.flops.generation_flops: the plan's image and text tokens, its
+    batch and guidance, the checkpoint preset's steps) and, when --gpu names a card whose peak is known, the
+    FLOP-limited lower bound per image: bf16, and fp8 too for the fp8-mm format (float8 matmuls)."""
+    from weightshop.models.flops import TERA, generation_flops
+    from weightshop.train.plan.compute import card_peaks, lower_bound_s
+
+    s = settings
+    checkpoint, preset = checkpoint_preset(model, s["guided"])
+    work = generation_flops(config, s["image_tokens"], s["text_tokens"], preset.steps, s["guided"], batch=s["batch"])
+    peaks = card_peaks(gpu, fp8=s["format"] == "fp8-mm")
+    return {"checkpoint": checkpoint, "sampling_steps": preset.steps, "generation_flops": work,
+            "tflop_per_generation": work / TERA, "peak_tflops": peaks,
+            "flop_lower_bound_s_per_image": lower_bound_s(work / s["batch"], peaks)}
+
+
+def checkpoint_preset(model: str | None, guided: bool = False):
+    """(checkpoint name, its sampler preset) of a named model; for full size Raw's when the plan is guided (Raw's
+    preset is the guided one), else Turbo's (the plan's default)."""
+    from weightshop.models.spec import KREA2
+
+    if model is None:
+        name = "raw" if guided else "turbo"
+        return name, KREA2.checkpoint(name).preset
+    from weightshop.models.loading import resolve_source
+
+    source = resolve_source(model)
+    return source.checkpoint, source.family.checkpoint(source.checkpoint).preset
 
 
 def load_in_format(model: str, fmt: str, *, dtype: str, device: str, **placement):
@@ -144,10 +182,7 @@ def _dtype_for_measure() -> str:
 
 def _preset_guided(model: str) -> bool:
     """Whether a named model's checkpoint samples with guidance by default (Raw: yes, Turbo: no)."""
-    from weightshop.models.loading import resolve_source
-
-    source = resolve_source(model)
-    return source.family.checkpoint(source.checkpoint).preset.guidance > 0
+    return checkpoint_preset(model)[1].guidance > 0
 
 
 def _measure(model: str, result) -> dict:

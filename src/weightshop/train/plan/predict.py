@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from weightshop.errors import WeightshopError
+from weightshop.models.flops import TERA, training_step_flops
 from weightshop.models.memory import CUDA_OVERHEAD, FRAGMENTATION, GPUS_MIB, OVERHEAD_PARTS, GiB, parse_gpu
 from weightshop.models.shape import ModelShape
 from weightshop.train.config import BASE_DTYPES, TrainConfig, with_changes
 from weightshop.train.plan.activations import activation_bytes, activation_dtypes
+from weightshop.train.plan.compute import card_peaks, lower_bound_s
 from weightshop.train.plan.params import (OPTIMIZER_BYTES, ParamCounts, base_weight_bytes, count_parameters,
                                           dequantized_weight_bytes, dora_norm_bytes)
 
@@ -50,6 +52,12 @@ class MemoryPlan:
     gpu_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
+    # The compute of one step (a forward and backward over batch_size samples; an optimizer step is grad_accum of
+    # them): models.flops.training_step_flops, the count `weightshop bench train` reports its MFU against.
+    step_flops: float = 0.0
+    peak_tflops: dict[str, float] | None = None  # the --gpu card's dense peak by precision (None: no known card)
+    # step_flops / peak: no step runs faster (a FLOP-limited lower bound, not a prediction), by precision
+    flop_lower_bound_s_per_step: dict[str, float] | None = None
 
     @property
     def allocated(self) -> int:
@@ -68,7 +76,8 @@ class MemoryPlan:
         out = {k: v for k, v in asdict(self).items() if k != "suggestions"}
         out.update(allocated=self.allocated, total=self.total, fits=self.fits,
                    total_gib=round(self.total / GiB, 2), gpu_gib=None if self.gpu_bytes is None else
-                   round(self.gpu_bytes / GiB, 2), suggestions=[asdict(s) for s in self.suggestions])
+                   round(self.gpu_bytes / GiB, 2), suggestions=[asdict(s) for s in self.suggestions],
+                   tflop_per_step=self.step_flops / TERA)
         return out
 
 
@@ -113,8 +122,10 @@ def predict(cfg: TrainConfig, shape: ModelShape, height: int, width: int | None 
     if m.base_dtype in ("fp8", "int8") and not m.gradient_checkpointing:
         notes.append(f"without gradient checkpointing a {m.base_dtype} base saves nothing at the peak: every "
                      "block's upcast weights are kept for backward")
+    flops = training_step_flops(shape.config, tokens, shape.max_sequence_length, cfg.schedule.batch_size,
+                                m.gradient_checkpointing)
     return MemoryPlan(shape.name, height, width, memory_settings(cfg), tokens, shape.max_sequence_length, parts,
-                      acts, counts.total, lora, len(counts.lora_modules), gpu_bytes, notes)
+                      acts, counts.total, lora, len(counts.lora_modules), gpu_bytes, notes, step_flops=flops)
 
 
 def _set_text(value) -> str:
@@ -176,9 +187,12 @@ def _config_value(cfg: TrainConfig, dotted: str):
 
 
 def plan(cfg: TrainConfig, shape: ModelShape, height: int, width: int | None = None,
-         gpu_bytes: int | None = None) -> MemoryPlan:
-    """`predict`, plus the suggestions when it does not fit."""
+         gpu_bytes: int | None = None, gpu: str | None = None) -> MemoryPlan:
+    """`predict`, plus the suggestions when it does not fit, and when `gpu` (--gpu's text) names a card whose
+    peak is known, the FLOP-limited lower bound of a step: bf16, and fp8 too for an fp8-matmul base (fp8-mm)."""
     result = predict(cfg, shape, height, width, gpu_bytes)
+    result.peak_tflops = card_peaks(gpu, fp8=cfg.memory.base_dtype == "fp8-mm")
+    result.flop_lower_bound_s_per_step = lower_bound_s(result.step_flops, result.peak_tflops)
     if gpu_bytes is not None and not result.fits:
         result.suggestions = suggest(cfg, result, shape, gpu_bytes)
     return result
