@@ -6,11 +6,19 @@ same prompts and seeds), interleaved, medians of `repeats`: the ratio stock / we
 timing wrappers around the pipeline's encode_prompt / vae.decode and its step callback for stock. FLOPs, MFU and
 the FLOP limit come from `models.flops`; peak memory from `models.memory.measure_peak`; cost per image from $/hour.
 
-Full size needs no download: random weights of Krea 2's shapes (speed and memory do not depend on the values) and a
-tokenizer trained locally (`models.tiny`).
+A speed option that broke the pixels must not pass as a speed-up: every timed row carries `image_check`, its
+image's distance from the first eager (or padded) configuration's. Compiling configurations are timed only after
+two warm-up rounds (the first call compiles, CUDA graphs record on a later one). The run order keeps one
+configuration from leaking into the next: compiled graphs are reset between them, and the offload configurations,
+whose hooks stay on the shared text encoder and VAE, run last. The budget bounds every section after it runs out,
+and with `out` the report is rewritten after each row, so a run cut short keeps what it measured.
+
+Full size needs no download: random weights of Krea 2's shapes (speed and memory do not depend on the values;
+image drift on them is labelled `weights: random`) and a tokenizer trained locally (`models.tiny`).
 
     python -m weightshop.bench.generate --model krea2-nano-turbo --reduced          # CI, seconds
     python -m weightshop.bench.generate --full-size --out weightshop-out/gpu_generate.json   # a GPU
+    python -m weightshop.bench.generate --full-size --checkpoint raw --configs eager,unbatched --batches 1
 """
 
 from __future__ import annotations
@@ -29,12 +37,16 @@ import torch
 
 PROMPT = "a red circle above a small blue square on a grey background"
 NEGATIVE = "blurry"
+COLOURS = ("red", "green", "yellow", "purple", "orange", "white", "black", "pink")
 # name -> (FastPath overrides, speed_up kwargs, quantized format, offload mode)
 CONFIGS = {
     "padded": ({"trim_text": False}, {}, None, "none"),  # weightshop's loop, text padded as stock pads it
     "eager": ({}, {}, None, "none"),  # the defaults: trimmed text, cached text features, batched guidance
+    "unbatched": ({"batch_guidance": False}, {}, None, "none"),  # guided presets (Raw): one forward per branch
     "compile": ({}, {"compile": True}, None, "none"),
     "fp8-mm": ({}, {"fp8_matmul": True}, None, "none"),
+    "fp8-mm+compile": ({}, {"fp8_matmul": True, "compile": True}, None, "none"),  # the fp8 goal needs both
+    "fp8-mm+cuda-graphs": ({}, {"fp8_matmul": True, "cuda_graphs": True}, None, "none"),
     "int8-mm": ({}, {"int8_matmul": True}, None, "none"),  # int8 matmuls (torch._int_mm): GeForce cards, CPU
     "cuda-graphs": ({}, {"cuda_graphs": True}, None, "none"),  # regional compile, mode reduce-overhead
     "int8": ({}, {}, "int8", "none"),
@@ -43,7 +55,12 @@ CONFIGS = {
     "offload-group": ({}, {}, None, "group"),
 }
 REDUCED = "padded,eager,int8,int8-mm,offload-model"
-DEFAULT = "padded,eager,compile,cuda-graphs,fp8-mm,int8-mm,fp8,int8,offload-model,offload-group"
+DEFAULT = ("padded,eager,compile,cuda-graphs,fp8-mm,fp8-mm+compile,fp8-mm+cuda-graphs,int8-mm,fp8,int8,"
+           "offload-model,offload-group")
+COMPILED_WARMUP = 2  # compiling configurations: the first round compiles, CUDA graphs record on the second
+FP32_TOLERANCE = 1e-3  # image_check in fp32: float rounding only
+BF16_TOLERANCE = 2e-2  # in bf16 the rounding of every matmul compounds over the steps
+SATURATED_STD = 0.02  # a reference image this flat (random weights often clip to one colour) proves little
 
 
 def sync(device) -> None:
@@ -51,12 +68,67 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def warmup_rounds(name: str, warmup: int) -> int:
+    """Untimed rounds before a configuration is timed: what was asked, and at least COMPILED_WARMUP where the
+    configuration compiles (one warm-up would time the CUDA graphs' recording, or a recompile, as a speed)."""
+    speed = CONFIGS[name][1]
+    return max(warmup, COMPILED_WARMUP) if speed.get("compile") or speed.get("cuda_graphs") else warmup
+
+
+def lossy(name: str) -> bool:
+    """Whether a configuration changes the numbers beyond float rounding (quantized weights or matmuls): its
+    image_check measures the loss, it is not expected within the rounding tolerance."""
+    _, speed, fmt, _ = CONFIGS[name]
+    return bool(fmt or speed.get("fp8_matmul") or speed.get("int8_matmul"))
+
+
+def batch_prompts(batch: int) -> list[str]:
+    """One distinct prompt per image (the bench prompt first): with one repeated prompt weightshop's prompt cache
+    would encode once where stock encodes every image, and the batch rows would time that instead of batching."""
+    return [PROMPT.replace("red", COLOURS[i]) if i < len(COLOURS) else f"{PROMPT}, number {i}" for i in range(batch)]
+
+
+def run_order(names: list[str], batches: list[int]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(resident rows, offload rows) as (configuration, batch): the resident configurations as given, the batch
+    rows right after "eager" (so a budget that runs out still has them), and the offload configurations apart:
+    they run last of all, since their hooks stay on the text encoder and VAE every configuration shares."""
+    resident = [n for n in names if CONFIGS[n][3] == "none"]
+    extra = [("eager", b) for b in batches if b > 1]
+    rows: list[tuple[str, int]] = []
+    for name in resident:
+        rows.append((name, 1))
+        if name == "eager":
+            rows += extra
+    if "eager" not in resident:
+        rows += extra
+    return rows, [(n, 1) for n in names if CONFIGS[n][3] != "none"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Models
 
 
-def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, offload: str = "none"):
-    """Full-size Krea 2 with random weights built on the device (no download, no host copy), as a LoadedModel."""
+def keep_fp32(model: torch.nn.Module) -> torch.nn.Module:
+    """The modules diffusers keeps in fp32 (`_keep_in_fp32_modules`: the norms) back to fp32, as from_pretrained
+    and `models.loading` leave them in real checkpoints (the same name rule as loading's cast, which is private to
+    it). Built under a bf16 default dtype they would stay bf16, and F.rms_norm with a bf16 weight on fp32
+    activations takes a slower path than the checkpoints do."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and any(k in name for k in keep):
+            param.data = param.data.float()
+    return model
+
+
+def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, offload: str = "none", *,
+                 config: dict | None = None, components: tuple[dict, dict] | None = None,
+                 select_layers: tuple[int, ...] | None = None):
+    """Krea 2 with random weights built on the device (no download, no host copy), as (LoadedModel, shared
+    components to reuse). Full size unless `config` (the transformer's) and `components` ((text encoder config,
+    VAE config), with the text encoder's `select_layers`) say otherwise: the tests build it at nano size.
+
+    Every module is built from seed 0, so every configuration's load has the same weights, and its fp32 modules are
+    cast back to fp32 (`keep_fp32`), so the random model runs the checkpoints' kernels."""
     from diffusers import AutoencoderKLQwenImage, Krea2Transformer2DModel
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
@@ -69,18 +141,19 @@ def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, 
     def build(fn):
         before = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
+        torch.manual_seed(0)
         try:
             with torch.device(device if offload == "none" else "cpu"):
-                return fn().eval()
+                return keep_fp32(fn().eval())
         finally:
             torch.set_default_dtype(before)
 
     if shared is None:
-        te, vae = full_size_component_configs()
+        te, vae = components or full_size_component_configs()
         shared = SharedComponents(build(lambda: AutoencoderKLQwenImage.from_config(vae)),
                                   build(lambda: Qwen3VLModel(Qwen3VLConfig(**te))), tiny_tokenizer(),
-                                  KREA2.text_encoder_select_layers, Path("(random weights)"))
-    transformer = build(lambda: Krea2Transformer2DModel.from_config(full_size_shape().config))
+                                  tuple(select_layers or KREA2.text_encoder_select_layers), Path("(random weights)"))
+    transformer = build(lambda: Krea2Transformer2DModel.from_config(config or full_size_shape().config))
     pipe = build_pipeline(transformer, shared, KREA2.checkpoint(checkpoint))
     placement = Placement(offload)
     place(pipe, device, placement)
@@ -89,15 +162,36 @@ def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, 
     return LoadedModel(pipe, KREA2.checkpoint(checkpoint), source, KREA2, placement), shared
 
 
+def unhook(shared) -> None:
+    """Take the offload hooks a configuration left on the shared text encoder and VAE off again: they would keep
+    the previous pipeline's transformer alive (the hooks chain to it) and move modules under the next one."""
+    if shared is None:
+        return
+    from accelerate.hooks import remove_hook_from_module
+
+    for module in (shared.text_encoder, shared.vae):
+        remove_hook_from_module(module, recurse=True)
+
+
 def load(model: str | None, checkpoint: str, device: str, dtype: str, offload: str, shared=None):
     """(LoadedModel, shared components to reuse) for a model name, or full-size random weights when model is None."""
     from weightshop.models.loading import resolve_dtype
 
     if model is None:
+        unhook(shared)
         return random_model(checkpoint, device, resolve_dtype(dtype, device), shared, offload)
     from weightshop.models.loading import load_model
 
     return load_model(model, dtype=dtype, device=device, offload=offload), None
+
+
+def release(device: str) -> None:
+    """Between configurations: compiled graphs (and their CUDA graph pools) of one must not serve the next, and
+    the memory it freed goes back before the next one is measured."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,50 +251,88 @@ def run_stock(model, prompts: list[str], seeds: list[int], size: int, steps: int
     return seconds, {"encode": sum(times["encode"]), "steps": times["steps"], "decode": sum(times["decode"])}
 
 
-def run_weightshop(model, request, device):
+@contextlib.contextmanager
+def decoded_images(pipe):
+    """The images each VAE decode inside makes, as `generate` postprocesses them: floats in [0, 1], (B, 3, H, W),
+    before the rounding to 8 bits that would hide a difference under 1/255. Only references are kept while the
+    generation runs (no copy, no synchronisation inside a timed call)."""
+    raw: list = []
+    decode = pipe.vae.decode
+
+    def keep(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        raw.append(out[0] if isinstance(out, tuple) else out.sample)
+        return out
+
+    images: list[torch.Tensor] = []
+    pipe.vae.decode = keep
+    try:
+        yield images
+    finally:
+        del pipe.vae.decode  # the instance attribute goes; the method shows through again
+        images += [pipe.image_processor.postprocess(x[:, :, 0], output_type="pt").float().cpu() for x in raw]
+
+
+def run_weightshop(model, request, device, images: list | None = None):
+    """`generate` once under the stage clock: (seconds, stages). `images`: a list the decoded images are added to
+    (`decoded_images`)."""
     from weightshop.generate import generate
     from weightshop.generate.fast import stage_clock
 
-    with stage_clock(device) as clock:
+    catch = decoded_images(model.pipeline) if images is not None else contextlib.nullcontext([])
+    with catch as caught, stage_clock(device) as clock:
         sync(device)
         began = time.perf_counter()
         generate(model, request)
         sync(device)
         seconds = time.perf_counter() - began
-    return seconds, {"encode": sum(clock.encode), "steps": clock.steps, "decode": sum(clock.decode),
+    if images is not None:
+        images += caught
+    return seconds, {"encode": clock.encode, "steps": clock.steps, "decode": clock.decode,
                      "cached_steps": clock.cached_steps}
 
 
 def summary(runs: list[tuple[float, dict]], images: int) -> dict:
+    """Medians over the timed rounds. A stage no clock saw is None, not 0 (weightshop's generate under offload
+    renders through the stock call, whose steps the stage clock cannot see)."""
+    def stage(key: str):
+        seen = [st[key] for _, st in runs if st[key]]
+        if len(seen) < len(runs):
+            return None
+        return statistics.median(sum(v) if isinstance(v, list) else v for v in seen)
+
     seconds = statistics.median(s for s, _ in runs)
     steps = [x for _, st in runs for x in st["steps"]]
     return {"s_per_image": seconds / images, "seconds": seconds, "all": [s for s, _ in runs],
-            "encode_s": statistics.median(st["encode"] for _, st in runs),
-            "step_s": statistics.median(steps) if steps else None,
-            "denoise_s": statistics.median(sum(st["steps"]) for _, st in runs),
-            "decode_s": statistics.median(st["decode"] for _, st in runs)}
+            "encode_s": stage("encode"), "step_s": statistics.median(steps) if steps else None,
+            "denoise_s": stage("steps"), "decode_s": stage("decode")}
 
 
 def measure_config(model, name: str, *, size: int, steps: int | None, batch: int, repeats: int, warmup: int,
-                   device: str, memory: bool) -> dict:
-    """Stock and weightshop, interleaved, on one loaded model in one configuration."""
+                   device: str, memory: bool, images: list | None = None) -> dict:
+    """Stock and weightshop, interleaved, on one loaded model in one configuration: `warmup_rounds` untimed rounds,
+    then `repeats` timed ones. One distinct prompt per image (`batch_prompts`), every image from seed 0 (batch 1:
+    the bench prompt, seed 0). `images`: the last timed weightshop round's images are added to it."""
     from weightshop.generate import GenerateRequest, plan
     from weightshop.generate.fast import FastPath
 
     overrides = CONFIGS[name][0]
-    seeds = list(range(batch))
-    request = GenerateRequest(prompts=[PROMPT], negative_prompt=NEGATIVE, seeds=seeds, width=size, height=size,
+    prompts = batch_prompts(batch)
+    request = GenerateRequest(prompts=prompts, negative_prompt=NEGATIVE, seeds=[0], width=size, height=size,
                               steps=steps, batch_size=batch, fast=replace(FastPath(), **overrides))
     p = plan(model, request)
     guided = p.preset.guidance > 0
+    rounds = warmup_rounds(name, warmup)
     stock, ours = [], []
-    for i in range(warmup + repeats):
-        a = run_stock(model, [PROMPT] * batch, seeds, size, p.preset.steps, p.preset.guidance, p.max_sequence_length)
-        b = run_weightshop(model, request, device)
-        if i >= warmup:
+    for i in range(rounds + repeats):
+        a = run_stock(model, prompts, [0] * batch, size, p.preset.steps, p.preset.guidance, p.max_sequence_length)
+        last = i == rounds + repeats - 1
+        b = run_weightshop(model, request, device, images if last else None)
+        if i >= rounds:
             stock.append(a)
             ours.append(b)
     row = {"config": name, "batch": batch, "size": size, "steps": p.preset.steps, "guided": guided,
+           "checkpoint": model.checkpoint.name, "warmup": rounds, "repeats": repeats,
            "stock": summary(stock, batch), "weightshop": summary(ours, batch)}
     row["speedup"] = row["stock"]["seconds"] / row["weightshop"]["seconds"]
     row["text_tokens"] = {"padded": p.max_sequence_length, "trimmed": trimmed_tokens(model, p.max_sequence_length)}
@@ -210,6 +342,17 @@ def measure_config(model, name: str, *, size: int, steps: int | None, batch: int
         gc.collect()
         row["peak_bytes"] = measure_peak(lambda: run_weightshop(model, request, device), device)
     return row
+
+
+def image_check(image: torch.Tensor, reference: torch.Tensor, reference_name: str, tolerance: float,
+                lossy_: bool) -> dict:
+    """How far a configuration's image (bench prompt, seed 0) is from the reference configuration's, in [0, 1]
+    units; `saturated` when the reference is nearly one colour (std < SATURATED_STD), where clipping hides
+    differences and a small number proves little."""
+    diff = (image[:1].float() - reference[:1].float()).abs().max().item()
+    return {"max_abs_diff": diff, "reference": reference_name, "tolerance": tolerance,
+            "within_tolerance": diff <= tolerance, "lossy": lossy_,
+            "saturated": reference.float().std().item() < SATURATED_STD}
 
 
 def trimmed_tokens(model, max_len: int) -> dict:
@@ -236,16 +379,19 @@ def prepare(model, name: str) -> dict:
 
 
 def available(name: str, device: str) -> str | None:
-    """Why a configuration cannot run here (None: it can)."""
+    """Why a configuration cannot run here (None: it can), read from what it asks of `speed_up` and placement, so
+    the combined configurations (fp8-mm+compile, fp8-mm+cuda-graphs) are refused for whichever part is missing."""
     from weightshop.generate.fast import fp8_matmul_available, int8_matmul_available
 
-    if name == "fp8-mm" and not fp8_matmul_available(device):
+    _, speed, _, offload = CONFIGS[name]
+    cuda = torch.device(device).type == "cuda"
+    if speed.get("fp8_matmul") and not fp8_matmul_available(device):
         return "float8 matmuls need CUDA compute capability 8.9+"
-    if name == "int8-mm" and not int8_matmul_available(device):
+    if speed.get("int8_matmul") and not int8_matmul_available(device):
         return "int8 matmuls need the CPU or CUDA compute capability 7.5+"
-    if name == "cuda-graphs" and torch.device(device).type != "cuda":
+    if speed.get("cuda_graphs") and not cuda:
         return "CUDA graphs need a CUDA device"
-    if name.startswith("offload") and torch.device(device).type != "cuda":
+    if offload != "none" and not cuda:
         return "offload moves weights between host and a GPU: nothing to measure on the CPU"
     return None
 
@@ -254,11 +400,12 @@ def available(name: str, device: str) -> str | None:
 # Checks and the run
 
 
-def image_checks(model, size: int, steps: int | None) -> dict:
+def image_checks(model, size: int, steps: int | None, tolerance: float = FP32_TOLERANCE) -> dict:
     """Numbers the bench's speed-ups rest on: weightshop's loop with padded text equals stock exactly (both on
     weightshop's VAE paths); trimmed text and batched guidance stay within float rounding of it; stock on diffusers'
     own VAE forwards, as the timed stock runs decode, within float rounding of stock on weightshop's (max
-    |difference| of [0, 1] images)."""
+    |difference| of [0, 1] images). `tolerance`: the rounding allowed, recorded with the numbers (FP32_TOLERANCE;
+    larger in bf16)."""
     from weightshop.models.qwen_vae import as_shipped
 
     from weightshop.generate import GenerateRequest, plan
@@ -292,7 +439,7 @@ def image_checks(model, size: int, steps: int | None) -> dict:
     trimmed = render(FastPath())
     return {"own_loop_vs_stock": (padded - stock).abs().max().item(),
             "trimmed_vs_padded": (trimmed - padded).abs().max().item(),
-            "fast_vae_vs_shipped": (stock - shipped).abs().max().item(), "tolerance": 1e-3}
+            "fast_vae_vs_shipped": (stock - shipped).abs().max().item(), "tolerance": tolerance}
 
 
 def step_cache_rows(model, size: int, steps: int, thresholds: list[float], device: str) -> list[dict]:
@@ -332,92 +479,143 @@ def step_cache_rows(model, size: int, steps: int, thresholds: list[float], devic
 
 
 def run_bench(*, model: str | None = "krea2-nano-turbo", raw_model: str | None = "krea2-nano-raw",
-              configs: str = DEFAULT, batches: str = "1,2", size: int | None = None, steps: int | None = None,
-              raw_steps: int | None = None, repeats: int = 3, warmup: int = 1, dtype: str = "auto",
-              dollars_per_hour: float = 2.0, cache_thresholds: str = "0.1,0.3", memory: bool = True,
-              memory_profile: bool = False, device: str | None = None, budget_s: float = 1e9,
-              progress=None) -> dict:
-    """Every configuration at batch 1, the default configuration at each batch size, the image checks, and Raw's
-    step cache; model None: full-size Krea 2 with random weights (Turbo; Raw shares its components).
-    `memory_profile`: also where the bytes go in one default generation (`memory_profile`)."""
+              checkpoint: str = "turbo", configs: str = DEFAULT, batches: str = "1,2", size: int | None = None,
+              steps: int | None = None, raw_steps: int | None = None, repeats: int = 3, warmup: int = 1,
+              dtype: str = "auto", dollars_per_hour: float = 2.0, cache_thresholds: str = "0.1,0.3",
+              memory: bool = True, memory_profile: bool = False, stock_checks: bool = True,
+              bf16_tolerance: float = BF16_TOLERANCE, device: str | None = None, budget_s: float = 1e9,
+              out: str | Path | None = None, progress=None) -> dict:
+    """Every configuration at batch 1 (the default configuration at each batch size right after its own row), the
+    image checks, Raw's step cache, the memory profile, and the offload configurations last (`run_order`).
+
+    model None: Krea 2 at full size with random weights of `checkpoint` (Raw for the step cache shares its
+    components); else the named model, whose own checkpoint is timed. `stock_checks`: the image checks against
+    stock (`image_checks`, four more images at the preset). `bf16_tolerance`: the rounding rows' image_check allows
+    in bf16 (FP32_TOLERANCE in fp32). `budget_s`, counted from this call: no section starts after it (its rows say
+    "time budget"). `out`: the report is rewritten there after every row (`complete` false until the end)."""
+    from weightshop.errors import WeightshopError
+    from weightshop.models.loading import resolve_dtype
     from weightshop.models.shape import full_size_shape, model_shape
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     began = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shape = full_size_shape() if model is None else model_shape(model)
     size = size or shape.default_size
     names = [n for n in configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        from weightshop.errors import WeightshopError
-
         raise WeightshopError(f"unknown configuration(s) {', '.join(unknown)}: expected {', '.join(CONFIGS)}")
+    resident, offloaded = run_order(names, [int(b) for b in batches.split(",") if b])
     device_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
-    rows, shared = [], None
-    plan_ = [(n, 1) for n in names] + [("eager", int(b)) for b in batches.split(",") if b and int(b) > 1]
-    checks = None
-    for name, batch in plan_:
-        why = available(name, device) or ("time budget" if time.perf_counter() - began > budget_s else None)
-        if why:
-            rows.append({"config": name, "batch": batch, "skipped": why})
-            continue
-        try:
-            loaded, shared = load(model, "turbo", device, dtype, CONFIGS[name][3], shared)
-            done = prepare(loaded, name)
-            if checks is None and name in ("eager", "padded"):
-                checks = image_checks(loaded, size, steps)
-            row = measure_config(loaded, name, size=size, steps=steps, batch=batch, repeats=repeats, warmup=warmup,
-                                 device=device, memory=memory and batch == 1)
-            row["prepared"] = done
-            add_flops(row, shape.config, shape.image_tokens(size, size), device_name, dollars_per_hour,
-                      fp8=name == "fp8-mm")
-            del loaded
-        except Exception as e:  # record and go on: one failing configuration must not cost the others
-            row = {"config": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:400]}
-        gc.collect()
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-        rows.append(row)
-        if progress:
-            progress(row)
-    baseline = next((r for r in rows if r.get("config") == names[0] and r.get("batch") == 1 and "stock" in r), None)
-    for r in rows:
-        if baseline and "stock" in r:
-            r["speedup_vs_stock_baseline"] = baseline["stock"]["s_per_image"] / r["weightshop"]["s_per_image"]
-    cache_rows = []
-    thresholds = [float(t) for t in cache_thresholds.split(",") if t]
-    if thresholds:
-        try:
-            wanted = raw_model or model is None
-            raw = load(raw_model, "raw", device, dtype, "none", shared)[0] if wanted else None
-            if raw is not None:
-                cache_rows = step_cache_rows(raw, size, raw_steps or raw.checkpoint.preset.steps, thresholds, device)
-                del raw
-        except Exception as e:
-            cache_rows = [{"error": f"{type(e).__name__}: {e}"[:400]}]
-    profile = None
-    if memory_profile and time.perf_counter() - began > budget_s:
-        profile = {"skipped": "time budget"}
-    elif memory_profile:
-        try:
-            loaded, shared = load(model, "turbo", device, dtype, "none", shared)
-            profile = memory_profile_of(loaded, size, steps, device)
-            del loaded
-        except Exception as e:
-            profile = {"error": f"{type(e).__name__}: {e}"[:400]}
+    bf16 = resolve_dtype(dtype, device) != torch.float32
+    tolerance = bf16_tolerance if bf16 else FP32_TOLERANCE
+    limit = flop_limit(shape.config, shape.image_tokens(size, size), device_name)
     import diffusers
 
-    return {"memory_profile": profile, "device": device_name, "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "model": model or "krea2 full size (random weights)", "size": size, "image_tokens": shape.image_tokens(
-                size, size), "dollars_per_hour": dollars_per_hour, "checks": checks,
-            "flop_limit": flop_limit(shape.config, shape.image_tokens(size, size), device_name),
-            "rows": rows, "step_cache": cache_rows, "seconds": time.perf_counter() - began}
+    report = {"device": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__,
+              "model": model or f"krea2-{checkpoint} full size (random weights)",
+              "weights": "random" if model is None else "checkpoint", "size": size,
+              "image_tokens": shape.image_tokens(size, size), "dollars_per_hour": dollars_per_hour,
+              "budget_s": budget_s, "checks": {"tolerance": tolerance, "fp32_tolerance": FP32_TOLERANCE,
+                                               "bf16_tolerance": bf16_tolerance, "bf16": bf16},
+              "flop_limit": limit, "rows": [], "step_cache": [], "memory_profile": None, "complete": False}
+    state = {"shared": None, "reference": None, "pending": []}  # pending: (row, image) awaiting the reference
+
+    def over() -> bool:
+        return time.perf_counter() - began > budget_s
+
+    def save() -> None:
+        report["seconds"] = time.perf_counter() - began
+        if out:
+            from weightshop.io import atomic_write_json
+
+            atomic_write_json(out, report)
+
+    def timed_row(name: str, batch: int) -> dict:
+        why = available(name, device) or ("time budget" if over() else None)
+        if why:
+            return {"config": name, "batch": batch, "skipped": why}
+        images: list[torch.Tensor] = []
+        try:
+            loaded, state["shared"] = load(model, checkpoint, device, dtype, CONFIGS[name][3], state["shared"])
+            done = prepare(loaded, name)
+            if stock_checks and "own_loop_vs_stock" not in report["checks"] and name in ("eager", "padded"):
+                report["checks"].update(image_checks(loaded, size, steps, tolerance))
+            row = measure_config(loaded, name, size=size, steps=steps, batch=batch, repeats=repeats, warmup=warmup,
+                                 device=device, memory=memory and batch == 1, images=images)
+            row["prepared"] = done
+            fp8 = bool(CONFIGS[name][1].get("fp8_matmul"))
+            add_flops(row, shape.config, shape.image_tokens(size, size), device_name, dollars_per_hour, fp8=fp8)
+            key = f"{row['checkpoint']}_{'fp8' if fp8 else 'bf16'}_s"
+            if limit and key in limit:
+                row["weightshop"]["x_flop_limit"] = row["weightshop"]["s_per_image"] / limit[key]
+            del loaded
+        except Exception as e:  # record and go on: one failing configuration must not cost the others
+            return {"config": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:400]}
+        if images:
+            state["pending"].append((row, images[0][:1]))
+        if state["reference"] is None and name in ("eager", "padded") and batch == 1 and images:
+            state["reference"] = (name, images[0][:1])
+        return row
+
+    def record(row: dict) -> None:
+        release(device)
+        report["rows"].append(row)
+        baseline = next((r for r in report["rows"] if r.get("batch") == 1 and "stock" in r), None)
+        if baseline and "stock" in row:
+            report["baseline"] = baseline["config"]
+            row["speedup_vs_stock_baseline"] = baseline["stock"]["s_per_image"] / row["weightshop"]["s_per_image"]
+        if state["reference"] is not None:
+            ref_name, ref = state["reference"]
+            for r, image in state["pending"]:
+                r["image_check"] = image_check(image, ref, ref_name, tolerance, lossy(r["config"]))
+            state["pending"] = []
+        save()
+        if progress:
+            progress(row)
+
+    for name, batch in resident:
+        record(timed_row(name, batch))
+
+    thresholds = [float(t) for t in cache_thresholds.split(",") if t]
+    if thresholds and over():
+        report["step_cache"] = [{"skipped": "time budget"}]
+    elif thresholds and (raw_model or model is None):
+        try:
+            raw = load(raw_model, "raw", device, dtype, "none", state["shared"])[0]
+            report["step_cache"] = step_cache_rows(raw, size, raw_steps or raw.checkpoint.preset.steps, thresholds,
+                                                   device)
+            del raw
+        except Exception as e:
+            report["step_cache"] = [{"error": f"{type(e).__name__}: {e}"[:400]}]
+        release(device)
+        save()
+
+    if memory_profile and over():
+        report["memory_profile"] = {"skipped": "time budget"}
+    elif memory_profile:
+        try:
+            loaded, state["shared"] = load(model, checkpoint, device, dtype, "none", state["shared"])
+            report["memory_profile"] = memory_profile_of(loaded, size, steps, device)
+            del loaded
+        except Exception as e:
+            report["memory_profile"] = {"error": f"{type(e).__name__}: {e}"[:400]}
+        release(device)
+        save()
+
+    for name, batch in offloaded:  # last: their hooks stay on the shared text encoder and VAE
+        record(timed_row(name, batch))
+    for row, _ in state["pending"]:
+        row["image_check"] = {"skipped": "no eager or padded configuration at batch 1 to compare with"}
+    report["complete"] = True
+    save()
+    return report
 
 
 def add_flops(row: dict, config: dict, image_tokens: int, device_name: str, dollars_per_hour: float,
               fp8: bool = False) -> None:
-    """FLOPs per image (the useful work: trimmed text, both guidance branches), achieved TFLOP/s, MFU, $ per image."""
+    """FLOPs per image (the useful work: trimmed text, both guidance branches), achieved TFLOP/s, MFU, $ per image
+(TFLOP/s and MFU None where no clock saw the denoising steps)."""
     from weightshop.models import flops
 
     text = row["text_tokens"]
@@ -427,7 +625,7 @@ def add_flops(row: dict, config: dict, image_tokens: int, device_name: str, doll
     row["flops"] = {"per_image": work, "per_image_padded": padded}
     for who in ("stock", "weightshop"):
         r = row[who]
-        denoise = r["denoise_s"] / row["batch"]
+        denoise = (r["denoise_s"] or 0.0) / row["batch"]  # None: no clock saw the steps (offload)
         r["tflops_per_s"] = work / denoise / flops.TERA if denoise > 0 else None
         r["mfu"] = flops.mfu(work, denoise, device_name, fp8=fp8)
         r["dollars_per_image"] = dollars_per_hour * r["s_per_image"] / 3600
@@ -465,7 +663,9 @@ def memory_profile_of(model, size: int, steps: int | None, device: str) -> dict:
     out = {"stages": measure_stages(model, request, device)}
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.memory._record_memory_history(max_entries=200_000)
+        # Python stacks only, and few entries: recording C++ stacks of 200,000 events made the run and the snapshot
+        # slow enough to matter at full size.
+        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
         try:
             generate(model, request)
             torch.cuda.synchronize(device)
@@ -584,44 +784,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="krea2-nano-turbo")
     parser.add_argument("--raw-model", default="krea2-nano-raw")
     parser.add_argument("--full-size", action="store_true", help="Full Krea 2 with random weights (a GPU)")
+    parser.add_argument("--checkpoint", choices=("turbo", "raw"), default="turbo",
+                        help="The checkpoint timed at its preset: raw times --raw-model (full size: random Raw)")
     parser.add_argument("--configs", default=None)
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--raw-steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help=f"Compiling configurations get at least "
+                                                              f"{COMPILED_WARMUP}")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--dollars-per-hour", type=float, default=2.0)
     parser.add_argument("--cache-thresholds", default="0.1,0.3")
     parser.add_argument("--reduced", action="store_true", help="CI: few configurations, one repeat")
     parser.add_argument("--memory-profile", action="store_true", help="Peak by stage; on CUDA the allocator's record")
+    parser.add_argument("--no-stock-checks", action="store_true",
+                        help="Skip the image checks against stock (four more images at the preset)")
+    parser.add_argument("--bf16-tolerance", type=float, default=BF16_TOLERANCE,
+                        help="The image_check tolerance in bf16 (fp32: 1e-3)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--budget-s", type=float, default=1e9, help="Start no configuration after this many seconds")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--budget-s", type=float, default=1e9, help="Start no section after this many seconds")
+    parser.add_argument("--out", default=None, help="The report, rewritten after every row, and its plot (.png)")
     args = parser.parse_args(argv)
     if torch.device(args.device or "cpu").type == "cpu" and not torch.cuda.is_available():
         torch.set_num_threads(1)  # comparable across machines; threads fight on a shared 2-core box
     report = run_bench(**options(args), progress=lambda row: print(json.dumps(row), flush=True))
     if args.out:
-        from weightshop.io import atomic_write_json
-
-        atomic_write_json(args.out, report)
-        plot(report, Path(args.out).with_suffix(".png"))
-        if (report.get("memory_profile") or {}).get("stages"):
-            memory_plot(report["memory_profile"], Path(args.out).with_suffix(".memory.png"), report["device"])
+        plots(report, args.out)
     return 0
 
 
+def plots(report: dict, out: str | Path) -> None:
+    """The plots beside a report written to `out`: seconds per image (.png) and, when profiled, memory."""
+    plot(report, Path(out).with_suffix(".png"))
+    if (report.get("memory_profile") or {}).get("stages"):
+        memory_plot(report["memory_profile"], Path(out).with_suffix(".memory.png"), report["device"])
+
+
 def options(args) -> dict:
+    """run_bench's keywords from parsed arguments (main's, or the CLI's namespace). --checkpoint raw times the Raw
+    model (--raw-model; full size: random Raw weights) at its own preset."""
     reduced = args.reduced
-    return dict(model=None if args.full_size else args.model, raw_model=None if args.full_size else args.raw_model,
+    checkpoint = getattr(args, "checkpoint", "turbo") or "turbo"
+    model = None if args.full_size else (args.raw_model if checkpoint == "raw" else args.model)
+    if model is None and not args.full_size:
+        from weightshop.errors import WeightshopError
+
+        raise WeightshopError("--checkpoint raw times --raw-model: name one (or use --full-size)")
+    return dict(model=model, raw_model=None if args.full_size else args.raw_model, checkpoint=checkpoint,
                 configs=args.configs or (REDUCED if reduced else DEFAULT), batches=args.batches,
                 size=args.size, steps=args.steps, raw_steps=args.raw_steps or (4 if reduced else None),
                 repeats=1 if reduced else args.repeats, warmup=args.warmup, dtype=args.dtype,
                 dollars_per_hour=args.dollars_per_hour, cache_thresholds=args.cache_thresholds,
                 device=args.device, budget_s=getattr(args, "budget_s", 1e9),
-                memory_profile=getattr(args, "memory_profile", False))
+                memory_profile=getattr(args, "memory_profile", False),
+                stock_checks=not getattr(args, "no_stock_checks", False),
+                bf16_tolerance=getattr(args, "bf16_tolerance", BF16_TOLERANCE), out=getattr(args, "out", None))
 
 
 if __name__ == "__main__":
