@@ -77,6 +77,21 @@ def test_step_cache_is_off_by_default_and_skips_steps_when_on(tiny_raw):
     assert 0 < (cached - base).abs().max() < 1
 
 
+def test_unbatched_guidance_branches_reuse_the_cache_at_the_same_steps(tiny_raw):
+    """Guidance branches run one after the other: the negative branch follows the positive one's cache decision,
+    so at a cached step neither runs the later blocks (counted on the last block) and no step mixes the two."""
+    last = tiny_raw.pipeline.transformer.transformer_blocks[-1]
+    calls = []
+    handle = last.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with stage_clock() as clock:
+            render(tiny_raw, FastPath(batch_guidance=False, step_cache=10.0), steps=8)
+    finally:
+        handle.remove()
+    full_steps = 8 - clock.cached_steps
+    assert clock.cached_steps > 0 and len(calls) == 2 * full_steps  # two branches at each full step, none else
+
+
 def test_fp8_matmul_refused_without_the_hardware(tiny_raw):
     from weightshop.errors import WeightshopError
     from weightshop.generate.fast import fp8_matmul_available, speed_up

@@ -221,17 +221,30 @@ def join(a: TextFeatures, b: TextFeatures) -> TextFeatures:
 
 
 class FirstBlockCache:
-    """The first-block step cache: reuse the other blocks' residual while the first block's output barely moves."""
+    """The first-block step cache: reuse the other blocks' residual while the first block's output barely moves.
 
-    def __init__(self, threshold: float):
+    With guidance branches run one after the other, the negative branch's cache follows the positive one's
+    decision (`leader`): both reuse at the same steps, so a guided step never mixes a stale and a fresh branch."""
+
+    def __init__(self, threshold: float, leader: FirstBlockCache | None = None):
         self.threshold = threshold
+        self.leader = leader
         self.previous: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         self.accumulated = 0.0
         self.hits = 0
+        self.decision = False  # this step's answer, for a follower
 
     def reuse(self, first: torch.Tensor) -> bool:
-        if self.previous is None or self.residual is None or self.previous.shape != first.shape:
+        self.decision = self._decide(first)
+        return self.decision
+
+    def _decide(self, first: torch.Tensor) -> bool:
+        if self.residual is None or self.residual.shape != first.shape:
+            return False
+        if self.leader is not None:
+            return self.leader.decision
+        if self.previous is None:
             return False
         change = ((first - self.previous).abs().mean() / self.previous.abs().mean().clamp_min(1e-12)).item()
         self.previous = first.clone()  # a CUDA graph's output buffer is overwritten by its next replay
@@ -306,6 +319,7 @@ def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width
     ropes = {t.states.shape[1]: None for t in (cond, uncond, both) if t is not None}
     ropes = {n: rope(n) for n in ropes}
     cache = FirstBlockCache(fast.step_cache) if fast.step_cache > 0 else None
+    neg_cache = FirstBlockCache(fast.step_cache, leader=cache) if cache is not None else None
     blocks = prepare(transformer.transformer_blocks)
     clock = _CLOCK.get()
     graphs = bool(getattr(pipe, "_weightshop_speed", {}).get("cuda_graphs"))
@@ -320,8 +334,8 @@ def sample(pipe, embeds: torch.Tensor, mask: torch.Tensor, *, height: int, width
                 pred, neg = pair[:batch], pair[batch:]
             else:
                 pred = velocity(transformer, latents, cond, timestep, ropes[cond.states.shape[1]], cache, blocks)
-                neg = (velocity(transformer, latents, uncond, timestep, ropes[uncond.states.shape[1]], None, blocks)
-                       if guided else None)
+                neg = (velocity(transformer, latents, uncond, timestep, ropes[uncond.states.shape[1]], neg_cache,
+                                blocks) if guided else None)
             if neg is not None:
                 pred = pred + guidance * (pred - neg)
             latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
