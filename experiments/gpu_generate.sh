@@ -9,7 +9,7 @@
 #    first eager/padded one); Raw's first-block step cache on 12 guided steps; the memory profile; model offload
 #    last. No section starts after BUDGET_S (210 s); the JSON is rewritten after every row.
 # 2. Raw at its own preset (52 guided steps; the goal: <= 2x its FLOP limit, `flop_limit.raw_bf16_s`), the defaults
-#    and unbatched guidance, one repeat each, in what is left of DEADLINE_S (RAW_CONFIG_S, 75 s, kept for the last
+#    and unbatched guidance, one repeat each, in what is left of DEADLINE_S (RAW_CONFIG_S, 80 s, kept for the last
 #    configuration to finish). Its JSON: gpu_generate_raw.json.
 # Each run is killed at the deadline (`timeout`), keeping the rows its JSON already has.
 #
@@ -40,13 +40,13 @@ run() {  # run NAME ARGS...: one bench run, killed at the deadline; its stderr k
   fi
   timeout -k 10 "$left" "$PY" -m weightshop.bench.generate "$@" --out "$OUT/$name.json" 2>"$OUT/$name.err"
   local rc=$?
-  grep -v -i "warn\|USDT\|profiler" "$OUT/$name.err" | tail -20
+  grep -v -i "warn\|USDT\|profiler\|Loading weights" "$OUT/$name.err" | tail -20
   [ "$rc" -eq 124 ] && echo "$name: stopped at the deadline (the JSON keeps the rows measured)"
   return $rc
 }
 run gpu_generate "${TURBO[@]}" --memory-profile
 rc=$?
-raw_budget=$((DEADLINE_S - SECONDS - ${RAW_CONFIG_S:-75}))
+raw_budget=$((DEADLINE_S - SECONDS - ${RAW_CONFIG_S:-80}))
 run gpu_generate_raw "${RAW[@]}" --checkpoint raw --configs eager,unbatched --batches 1 --repeats 1 --warmup 0 \
   --cache-thresholds "" --no-stock-checks --budget-s "$((raw_budget > 0 ? raw_budget : 0))"
 raw_rc=$?

@@ -108,18 +108,6 @@ def run_order(names: list[str], batches: list[int]) -> tuple[list[tuple[str, int
 # Models
 
 
-def keep_fp32(model: torch.nn.Module) -> torch.nn.Module:
-    """The modules diffusers keeps in fp32 (`_keep_in_fp32_modules`: the norms) back to fp32, as from_pretrained
-    and `models.loading` leave them in real checkpoints (the same name rule as loading's cast, which is private to
-    it). Built under a bf16 default dtype they would stay bf16, and F.rms_norm with a bf16 weight on fp32
-    activations takes a slower path than the checkpoints do."""
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    for name, param in model.named_parameters():
-        if param.is_floating_point() and any(k in name for k in keep):
-            param.data = param.data.float()
-    return model
-
-
 def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, offload: str = "none", *,
                  config: dict | None = None, components: tuple[dict, dict] | None = None,
                  select_layers: tuple[int, ...] | None = None):
@@ -128,23 +116,30 @@ def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, 
     VAE config), with the text encoder's `select_layers`) say otherwise: the tests build it at nano size.
 
     Every module is built from seed 0, so every configuration's load has the same weights, and its fp32 modules are
-    cast back to fp32 (`keep_fp32`), so the random model runs the checkpoints' kernels."""
+    cast back to fp32 (`models.loading.cast_like_pretrained`), so the random model runs the checkpoints' kernels.
+    Offload configurations build on the device too when the transformer fits there (placement then moves it off):
+    the CPU's generator draws other numbers than the device's, so only a card too small for the resident
+    configurations (which then have no image to compare with either) gets weights drawn on the CPU."""
     from diffusers import AutoencoderKLQwenImage, Krea2Transformer2DModel
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
-    from weightshop.models.loading import LoadedModel, ModelSource, SharedComponents, build_pipeline
+    from weightshop.models.loading import (LoadedModel, ModelSource, SharedComponents, build_pipeline,
+                                           cast_like_pretrained)
     from weightshop.models.placement import Placement, place
     from weightshop.models.shape import full_size_component_configs, full_size_shape
     from weightshop.models.spec import KREA2
     from weightshop.models.tiny import tiny_tokenizer
+
+    config = config or full_size_shape().config
+    where = device if offload == "none" or fits(config, dtype, device) else "cpu"
 
     def build(fn):
         before = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         torch.manual_seed(0)
         try:
-            with torch.device(device if offload == "none" else "cpu"):
-                return keep_fp32(fn().eval())
+            with torch.device(where):
+                return cast_like_pretrained(fn().eval(), dtype)
         finally:
             torch.set_default_dtype(before)
 
@@ -153,13 +148,24 @@ def random_model(checkpoint: str, device: str, dtype: torch.dtype, shared=None, 
         shared = SharedComponents(build(lambda: AutoencoderKLQwenImage.from_config(vae)),
                                   build(lambda: Qwen3VLModel(Qwen3VLConfig(**te))), tiny_tokenizer(),
                                   tuple(select_layers or KREA2.text_encoder_select_layers), Path("(random weights)"))
-    transformer = build(lambda: Krea2Transformer2DModel.from_config(config or full_size_shape().config))
+    transformer = build(lambda: Krea2Transformer2DModel.from_config(config))
     pipe = build_pipeline(transformer, shared, KREA2.checkpoint(checkpoint))
     placement = Placement(offload)
     place(pipe, device, placement)
     source = ModelSource("random", Path("(random weights)"), Path("(random weights)"), checkpoint,
                          f"krea2-{checkpoint} (random weights)")
     return LoadedModel(pipe, KREA2.checkpoint(checkpoint), source, KREA2, placement), shared
+
+
+def fits(config: dict, dtype: torch.dtype, device: str, margin: float = 1.25) -> bool:
+    """Whether a transformer of `config` in `dtype` fits in the device's free memory, with room to spare (the CPU:
+    always, there is nothing to move)."""
+    if torch.device(device).type != "cuda":
+        return True
+    from weightshop.models.memory import weight_counts
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return weight_counts(config).total * dtype.itemsize * margin < free
 
 
 def unhook(shared) -> None:
@@ -374,7 +380,10 @@ def prepare(model, name: str) -> dict:
     if fmt:
         from weightshop.models.quantized import quantize_in_memory
 
-        done["quantized"] = len(quantize_in_memory(model.pipeline.transformer, fmt, share_by_shape=True))
+        # Sharing one quantized weight per shape is for random weights only (GGUF's CPU quantizers are slow at 12.8 B;
+        # values do not matter there): on a real checkpoint it would be another model, and its image check would say so.
+        random = model.source.kind == "random"
+        done["quantized"] = len(quantize_in_memory(model.pipeline.transformer, fmt, share_by_shape=random))
     return done
 
 

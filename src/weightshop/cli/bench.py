@@ -127,7 +127,7 @@ def image_cell(check: dict | None) -> str:
 def generate_table(report: dict) -> Table:
     table = Table(title=f"generation on {report['device']} ({report['model']}, {report['size']} px)")
     for col in ("config", "batch", "stock s/img", "weightshop s/img", "x stock", "step ms", "TFLOP/s", "MFU",
-                "peak MiB", "$/image", "image vs ref"):
+                "peak MiB", "$/image", "img diff"):
         table.add_column(col)
     for row in report["rows"]:
         if "weightshop" not in row:

@@ -203,13 +203,17 @@ def transformer_hash(source: ModelSource) -> str:
     return hashes[0] if len(hashes) == 1 else sha256_bytes("".join(hashes).encode())
 
 
-def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def kept_in_fp32(model: torch.nn.Module, name: str) -> bool:
+    """diffusers' rule: a parameter whose name contains one of the model's `_keep_in_fp32_modules` (the norms)."""
+    return any(k in name for k in (getattr(model, "_keep_in_fp32_modules", None) or []))
+
+
+def cast_like_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast like diffusers' from_pretrained: the modules it keeps in fp32 (norms) stay fp32."""
     model.to(dtype)
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    if dtype != torch.float32 and keep:
+    if dtype != torch.float32:
         for name, param in model.named_parameters():
-            if any(k in name for k in keep):
+            if param.is_floating_point() and kept_in_fp32(model, name):
                 param.data = param.data.float()
     return model
 
@@ -251,7 +255,7 @@ def load_single_file_transformer(path: str | Path, config: dict | str | Path | N
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     model.load_state_dict(state, strict=True, assign=True)
-    return _cast(model.eval(), dtype)
+    return cast_like_pretrained(model.eval(), dtype)
 
 
 def merge_transformer_config(path: Path, inferred: dict, config: dict | str | Path | None) -> dict:

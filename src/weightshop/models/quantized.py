@@ -359,11 +359,12 @@ def load_quantized_transformer(path: str | Path, config: dict | str | Path | Non
             raise WeightshopError(f"{path}: quantized layer {name} {_layer_shape(layer)} does not match the model's "
                                   f"{type(module).__name__} {tuple(getattr(module, 'weight', torch.empty(0)).shape)}")
     model.load_state_dict(parsed.plain, strict=False, assign=True)
-    keep_fp32 = getattr(model, "_keep_in_fp32_modules", None) or []
+    from weightshop.models.loading import kept_in_fp32
+
     for name, param in model.named_parameters():
         if name.removesuffix(".weight") in parsed.layers or not param.is_floating_point():
             continue
-        target = torch.float32 if dtype != torch.float32 and any(k in name for k in keep_fp32) else dtype
+        target = torch.float32 if dtype != torch.float32 and kept_in_fp32(model, name) else dtype
         param.data = param.data.to(target)
         param.requires_grad_(False)
     for name, layer in parsed.layers.items():
