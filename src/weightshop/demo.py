@@ -1,17 +1,17 @@
 """`weightshop demo`: the loop on the embedded model, one stage after another, ending in one report.
 
-Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table
-and timings on krea2-nano, and Turbo's speed against stock diffusers on the same weights), curate (a domain set of a held-out concept, the star shape by default or
-striped fills, with planted faults: checked, the marked images excluded, ground-truth captioned and cached
-twice to show the second run is a no-op), train (the concept's LoRA on Raw from that cache, verified on
-Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio, recommended
-strength, what the LoRA does at strength 1 (`lora_figures`), a ComfyUI workflow) and evaluate (the release
-decision: Raw and Turbo with and without the LoRA on the concept's suite, two judges, the overfitting checks, the
-gate on prompts without the concept, the production verdict) and quantize (nano-Turbo in fp8, int8 and GGUF Q8_0,
-each file's drift from the unquantized Turbo with and without the LoRA, the smallest file that passes the gate
-chosen for what follows) and serve (that model behind `weightshop serve`'s API for a moment: one image through the
-OpenAI-compatible endpoint with the LoRA, its latency and cost per image). Without the trained krea2-nano weights
-(before the first `weightshop nano build`), the demo runs the same path on tiny random-weight components and
+Stages present today: generate (Raw at its preset vs Turbo at its preset, probe-judged quality table and timings on
+krea2-nano, and Turbo's speed against stock diffusers on the same weights), curate (a domain set of a held-out
+concept, the star shape by default or striped fills, with planted faults: checked, the marked images excluded,
+ground-truth captioned and cached twice to show the second run is a no-op), train (the concept's LoRA on Raw from
+that cache, verified on Turbo) and transfer (the LoRA on Turbo at a strength sweep against Raw: transfer ratio,
+recommended strength, what the LoRA does at strength 1 (`lora_figures`), a ComfyUI workflow) and evaluate (the
+release decision: Raw and Turbo with and without the LoRA on the concept's suite, two judges, the overfitting
+checks, the gate on prompts without the concept, the production verdict) and quantize (nano-Turbo in fp8, int8 and
+GGUF Q8_0, each file's drift from the unquantized Turbo with and without the LoRA, the smallest file that passes the
+gate chosen for what follows) and serve (that model behind `weightshop serve`'s API for a moment: one image through
+the OpenAI-compatible endpoint with the LoRA, its latency and cost per image). Without the trained krea2-nano
+weights (before the first `weightshop nano build`), the demo runs the same path on tiny random-weight components and
 says so.
 """
 

@@ -92,8 +92,8 @@ def test_demo_json(tmp_path):
     assert (tmp_path / "curate" / "report.html").is_file() and (tmp_path / "curate" / "dataset.json").is_file()
     assert summary["stages"]["generate"]["turbo_speedup"] > 1
     speed = summary["stages"]["generate"]["vs_stock"]
-    assert speed["stock_s"] > 0 and speed["weightshop_s"] > 0
-    assert speed["x_stock"] == pytest.approx(speed["stock_s"] / speed["weightshop_s"])
+    assert speed["stock_s"] > 0 and speed["weightshop_s"] > 0 and speed["repeats"] == 3
+    assert "stock diffusers" in (tmp_path / "report.html").read_text()
     train = summary["stages"]["train"]
     assert train["steps"] >= 1 and train["modules_injected_on_turbo"] == train["modules"] > 0
     transfer = summary["stages"]["transfer"]

@@ -154,17 +154,20 @@ def test_a_replica_killed_under_load_loses_no_job_and_runs_none_twice(ray_server
 
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
-    victim = None
+    victim, seen = None, []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for both replicas mid-render, and a replica's pid from a finished job
         now = rows(ray_server)
         done = [json.loads(r[3])["device"] for r in now.values() if r[0] == "done"]
         rendering = [r for r in now.values() if r[0] == "running" and time.time() - r[4] > 0.2]
+        seen.append((round(time.monotonic() - deadline + 60, 2), len(done), len(rendering),
+                     sum(r[0] == "queued" for r in now.values())))
         if done and len(rendering) >= 2:  # two jobs claimed 0.2 s ago: each replica has one (one at a time each)
             victim = int(done[-1].split(":")[1])
             break
         time.sleep(0.02)
-    assert victim, "the load never kept both replicas busy"
+    changes = [s for i, s in enumerate(seen) if i == 0 or s[1:] != seen[i - 1][1:]]
+    assert victim, f"the load never kept both replicas busy: (s, done, rendering > 0.2 s, queued) {changes[:40]}"
     os.kill(victim, signal.SIGKILL)  # a replica dies mid-render: no shutdown code runs in it
     thread.join(30)
     stop.set()

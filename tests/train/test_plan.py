@@ -243,7 +243,7 @@ def test_cli_step_flops_come_from_the_flop_model(full, nano):
 
 def test_fp8_matmul_base_gets_an_fp8_bound_too(full):
     from weightshop.models import flops
-    from weightshop.train.plan import card_peaks
+    from weightshop.models.flops import card_peaks
 
     result = plan(run(base_dtype="fp8-mm", checkpointing=True), full, 1024, gpu="H100")
     step = flops.training_step_flops(full.config, 4096, 512, 1, True)

@@ -19,8 +19,8 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
                    guided: bool | None = None) -> None:
     from rich.table import Table
 
-    from weightshop.generate.memory import (full_size_inference_shape, goal_gib, mode_grid, model_inference_shape,
-                                            predict_inference)
+    from weightshop.generate.memory import (checkpoint_preset, full_size_inference_shape, generation_compute,
+                                            goal_gib, mode_grid, model_inference_shape, predict_inference)
     from weightshop.models.memory import parse_gpu
     from weightshop.models.placement import Placement
 
@@ -32,7 +32,7 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
 
     height, width = parse_size(size, shape.transformer.default_size)
     if guided is None:
-        guided = model is not None and _preset_guided(model)
+        guided = model is not None and checkpoint_preset(model)[1].guidance > 0
     gpu_bytes = parse_gpu(gpu) if gpu is not None else None
     if modes:
         rows = mode_grid(shape, (fmt,), height, width=width, batch=batch, guided=guided)
@@ -78,7 +78,8 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
     console.print(f"[bold]{result.model}[/] one generation at {height}x{width}, batch {batch}: "
                   f"{s['image_tokens']} image "
                   f"+ {s['text_tokens']} text tokens"
-                  f"{', guided (transformer batch ' + str(s['forward_batch']) + ')' if s['guided'] else ''}; blocks {fmt}, offload {offload}, text encoder {text_encoder}, "
+                  f"{', guided (transformer batch ' + str(s['forward_batch']) + ')' if s['guided'] else ''}; "
+                  f"blocks {fmt}, offload {offload}, text encoder {text_encoder}, "
                   f"VAE tiling {'on' if vae_tiling else 'off'}", highlight=False)
     table = Table()
     table.add_column("stage")
@@ -112,36 +113,6 @@ def plan_inference(*, model: str | None, fmt: str, size: str | None, batch: int,
                              out["peak_tflops"], gpu), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
-
-
-def generation_compute(config: dict, model: str | None, settings: dict, gpu: str | None) -> dict:
-    """The FLOPs of the planned generation (models.flops.generation_flops: the plan's image and text tokens, its
-    batch and guidance, the checkpoint preset's steps) and, when --gpu names a card whose peak is known, the
-    FLOP-limited lower bound per image: bf16, and fp8 too for the fp8-mm format (float8 matmuls)."""
-    from weightshop.models.flops import TERA, generation_flops
-    from weightshop.train.plan.compute import card_peaks, lower_bound_s
-
-    s = settings
-    checkpoint, preset = checkpoint_preset(model, s["guided"])
-    work = generation_flops(config, s["image_tokens"], s["text_tokens"], preset.steps, s["guided"], batch=s["batch"])
-    peaks = card_peaks(gpu, fp8=s["format"] == "fp8-mm")
-    return {"checkpoint": checkpoint, "sampling_steps": preset.steps, "generation_flops": work,
-            "tflop_per_generation": work / TERA, "peak_tflops": peaks,
-            "flop_lower_bound_s_per_image": lower_bound_s(work / s["batch"], peaks)}
-
-
-def checkpoint_preset(model: str | None, guided: bool = False):
-    """(checkpoint name, its sampler preset) of a named model; for full size Raw's when the plan is guided (Raw's
-    preset is the guided one), else Turbo's (the plan's default)."""
-    from weightshop.models.spec import KREA2
-
-    if model is None:
-        name = "raw" if guided else "turbo"
-        return name, KREA2.checkpoint(name).preset
-    from weightshop.models.loading import resolve_source
-
-    source = resolve_source(model)
-    return source.checkpoint, source.family.checkpoint(source.checkpoint).preset
 
 
 def load_in_format(model: str, fmt: str, *, dtype: str, device: str, **placement):
@@ -180,23 +151,23 @@ def _dtype_for_measure() -> str:
     return "bf16" if torch.cuda.is_available() else "fp32"
 
 
-def _preset_guided(model: str) -> bool:
-    """Whether a named model's checkpoint samples with guidance by default (Raw: yes, Turbo: no)."""
-    return checkpoint_preset(model)[1].guidance > 0
-
-
 def _measure(model: str, result) -> dict:
     """Render once as the plan says (CUDA when present, else CPU) and measure the peak."""
     import torch
 
     from weightshop.generate import GenerateRequest
-    from weightshop.generate.memory import measure_generation
+    from weightshop.generate.memory import checkpoint_preset, measure_generation
 
     s = result.settings
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_in_format(model, s["format"], dtype=s["dtype"], device=device, offload=s["offload"],
                             vae_tiling=s["vae_tiling"], text_encoder=s["text_encoder"])
+    preset = checkpoint_preset(model)[1]
+    if s["guided"] == (preset.guidance > 0):
+        guidance = None  # the model's own preset
+    else:  # guidance the checkpoint does not sample with by default: Raw's value, or none
+        guidance = checkpoint_preset(None, guided=True)[1].guidance if s["guided"] else 0.0
     request = GenerateRequest(prompts=["a red circle"], seeds=list(range(s["batch"])), batch_size=s["batch"],
-                              width=result.width, height=result.height, guidance=None if s["guided"] == _preset_guided(model) else (4.0 if s["guided"] else 0.0))
+                              width=result.width, height=result.height, guidance=guidance)
     measured = measure_generation(loaded, request, device)
     return {**measured, "device": device}

@@ -93,7 +93,7 @@ def speed_up(model, *, compile: bool = False, fp8_matmul: bool = False, int8_mat
         # A stock pipeline call runs the graphed blocks too, without marking its steps: each of its forwards begins
         # a step here, or a block would read an output the next replay overwrote. (weightshop's loop marks its own.)
         handle = transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
-        done["step_mark_hook"] = handle.id
+        model.pipeline._weightshop_step_mark_hook = handle.id
     elif compile and not done.get("compile") and not done.get("cuda_graphs"):
         from weightshop.models.compiled import compile_blocks
 
@@ -109,7 +109,8 @@ def runs_own_loop(model, fast: FastPath) -> bool:
     pipeline call renders, with trimmed text."""
     from weightshop.generate.blocks import hooked
 
-    ours = tuple(i for i in (getattr(model.pipeline, "_weightshop_speed", {}).get("step_mark_hook"),) if i is not None)
+    mark = getattr(model.pipeline, "_weightshop_step_mark_hook", None)  # speed_up's own, for stock calls
+    ours = () if mark is None else (mark,)
     return fast.own_loop and model.placement.offload == "none" and not hooked(model.pipeline.transformer, ours)
 
 

@@ -392,6 +392,36 @@ def goal_gib(fmt: str) -> float | None:
     return GOALS_GIB["4-bit"] if fmt in FOUR_BIT else GOALS_GIB["8-bit"]
 
 
+def generation_compute(config: dict, model: str | None, settings: dict, gpu: str | None) -> dict:
+    """The FLOPs of the planned generation (models.flops.generation_flops: the plan's image and text tokens, its
+    batch and guidance, the checkpoint preset's steps) and, when --gpu names a card whose peak is known, the
+    FLOP-limited lower bound per image: bf16, and fp8 too for the fp8-mm format (float8 matmuls)."""
+    from weightshop.models.flops import TERA, card_peaks, generation_flops, lower_bound_s
+
+    s = settings
+    checkpoint, preset = checkpoint_preset(model, s["guided"])
+    work = generation_flops(config, s["image_tokens"], s["text_tokens"], preset.steps, s["guided"], batch=s["batch"])
+    peaks = card_peaks(gpu, fp8=s["format"] == "fp8-mm")
+    return {"checkpoint": checkpoint, "sampling_steps": preset.steps, "generation_flops": work,
+            "tflop_per_generation": work / TERA, "peak_tflops": peaks,
+            "flop_lower_bound_s_per_image": lower_bound_s(work / s["batch"], peaks)}
+
+
+def checkpoint_preset(model: str | None, guided: bool = False):
+    """(checkpoint name, its sampler preset) of a named model; for full size Raw's when the plan is guided (Raw's
+    preset is the guided one), else Turbo's (the plan's default)."""
+    from weightshop.models.spec import KREA2
+
+    if model is None:
+        name = "raw" if guided else "turbo"
+        return name, KREA2.checkpoint(name).preset
+    from weightshop.models.loading import resolve_source
+
+    source = resolve_source(model)
+    return source.checkpoint, source.family.checkpoint(source.checkpoint).preset
+
+
+
 # ---------------------------------------------------------------------------------------------------
 # Measurement
 
@@ -419,10 +449,11 @@ def measure_generation(model, request, device: str | None = None) -> dict:
     return {"start": start, "added": added, "peak": start + added}
 
 
-__all__ = ["DEQUANT_COPIES", "GOALS_GIB", "GROUP_LEVELS", "InferencePlan", "InferenceShape", "STAGES",
-           "WEIGHT_FORMATS", "block_working_bytes", "component_params", "full_size_inference_shape", "goal_gib",
+__all__ = ["block_working_bytes", "checkpoint_preset", "component_params", "DEQUANT_COPIES", "full_size_inference_shape",
+           "generation_compute", "goal_gib", "GOALS_GIB", "GROUP_LEVELS", "InferencePlan", "InferenceShape",
            "measure_generation", "measure_stages", "mode_grid", "model_inference_shape", "predict_inference",
-           "text_encoder_working_bytes", "transformer_working_bytes", "vae_decode_bytes", "vae_tiled_bytes"]
+           "STAGES", "text_encoder_working_bytes", "transformer_working_bytes", "vae_decode_bytes",
+           "vae_tiled_bytes", "WEIGHT_FORMATS"]
 
 
 def measure_stages(model, request, device: str | None = None) -> dict:

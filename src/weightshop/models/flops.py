@@ -125,3 +125,21 @@ def mfu(flops: float, seconds: float, device_name: str, fp8: bool = False) -> fl
     peak = peak_tflops(device_name, fp8)
     return None if peak is None or seconds <= 0 else flops / seconds / (peak * TERA)
 
+
+def card_peaks(gpu: str | None, fp8: bool = False) -> dict[str, float] | None:
+    """Dense peak TFLOP/s of the card a --gpu value names (`models.memory.gpu_card`), by precision: bf16, and fp8
+    too when `fp8` (the matmuls run in float8); None when it names no card (a memory size such as 24GB) or the card's
+    peak is not known: no bound rather than a guessed one."""
+    from weightshop.models.memory import gpu_card
+
+    name = gpu_card(gpu)
+    bf16 = None if name is None else peak_tflops(name)
+    if bf16 is None:
+        return None
+    return {"bf16": bf16, "fp8": peak_tflops(name, fp8=True)} if fp8 else {"bf16": bf16}
+
+
+def lower_bound_s(flops: float, peaks: dict[str, float] | None) -> dict[str, float] | None:
+    """Seconds `flops` take at least at each peak (FLOPs / (TFLOP/s x 1e12)): no run is faster; real ones reach a
+    fraction of it (the MFU the benchmarks report)."""
+    return None if peaks is None else {k: flops / (v * TERA) for k, v in peaks.items()}

@@ -34,11 +34,20 @@ GPUS_MIB = {
 QUANTIZED_PREFIX = "transformer_blocks."  # only the blocks' Linears are stored quantized; the rest stays high precision
 
 
+def gpu_card(text: str | None) -> str | None:
+    """The card a --gpu value names (a key of GPUS_MIB: h100, 4090, a100-40gb, ...), None for a size or nothing."""
+    if text is None:
+        return None
+    key = str(text).strip().lower().replace(" ", "").replace("_", "-")
+    return key if key in GPUS_MIB else None
+
+
 def parse_gpu(text: str) -> int:
     """GPU memory in bytes from "24GB", "24GiB", "24", "24564MiB", "H100" or "4090". GB means GiB here (card labels)."""
+    card = gpu_card(text)
+    if card is not None:
+        return GPUS_MIB[card] * MiB
     key = str(text).strip().lower().replace(" ", "").replace("_", "-")
-    if key in GPUS_MIB:
-        return GPUS_MIB[key] * MiB
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(gib|gb|g|mib|mb|m)?", key)
     if not match or float(match.group(1)) <= 0:
         cards = sorted(k for k in GPUS_MIB if "-" not in k and not k.startswith("rtx"))

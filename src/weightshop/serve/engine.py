@@ -29,8 +29,6 @@ def serve_batches(engine, handle) -> None:
     """Claim batches of up to `max_batch` jobs from the engine's store until it stops, and hand each to `handle`.
     A batch that raises fails its jobs and the loop goes on: a worker never dies of one batch. (The in-process
     worker renders each batch; under --ray a dispatcher hands it to a replica.)"""
-    import traceback
-
     while not engine.stopping.is_set():
         jobs = engine.store.claim(engine.config.max_batch)
         if not jobs:
@@ -40,10 +38,12 @@ def serve_batches(engine, handle) -> None:
         try:
             handle(jobs)
         except Exception:
-            log.error("batch failed:\n%s", traceback.format_exc())
+            log.exception("batch failed")
             for job in jobs:
                 if engine.store.fail(job, "internal error while rendering"):
                     engine.metrics.jobs.labels("failed").inc()
+
+
 MAX_SEED = 2**63 - 1
 
 

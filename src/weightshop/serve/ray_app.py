@@ -117,10 +117,16 @@ def replay(metrics: Metrics, calls: list) -> None:
         getattr(metric.labels(*labels) if labels else metric, method)(value)
 
 
+def progress_key(job_id: str, attempts: int) -> str:
+    """The board's key: a job's progress under one render attempt (a replica given up on may still post under an
+    earlier attempt; it never reaches the job's next render)."""
+    return f"{job_id}:{attempts}"
+
+
 class ProgressBoard:
     """A Ray actor between replicas and head: a replica posts the progress of the jobs it renders, the head's
-    dispatchers read it while they wait for the batch. Progress is not durable (the store never holds it), so the
-    head stays the store's one writer."""
+    dispatchers read it while they wait for the batch, by `progress_key`. Progress is not durable (the store never
+    holds it), so the head stays the store's one writer."""
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
@@ -137,26 +143,32 @@ class ProgressBoard:
 
 
 def progress_board(create: bool = False):
-    """The progress board's actor handle (created by the head with `create`), or None where there is none (a
-    replica built outside Serve, in a test)."""
+    """The progress board's actor handle (created by the head with `create`), or None where there is none (no Ray
+    connection: a replica built outside Serve, in a test). Without a board, jobs still render; their progress then
+    shows 0 until done, and the head says why once."""
     import ray
 
+    if not ray.is_initialized():
+        return None
     try:
         if create:
             return ray.remote(ProgressBoard).options(name=PROGRESS_BOARD, namespace="weightshop", num_cpus=0,
                                                      get_if_exists=True).remote()
         return ray.get_actor(PROGRESS_BOARD, namespace="weightshop")
-    except (ValueError, RuntimeError):
+    except Exception as e:  # progress is a courtesy: rendering goes on without it
+        log.warning("no progress board (%s: %s): running jobs show progress 0 until done", type(e).__name__, e)
         return None
 
 
 class _PostedProgress(dict):
-    """A replica's job progress (a Worker writes it as a local engine's): kept here, and posted to the progress
-    board at most every PROGRESS_POST_S seconds and whenever a job reaches 1."""
+    """A replica's job progress (a Worker writes it as a local engine's, by job id): kept here, and posted to the
+    progress board under each job's `progress_key` at most every PROGRESS_POST_S seconds and whenever a job
+    reaches 1. `attempts`: the render attempt of each job in the batch being rendered."""
 
     def __init__(self, board) -> None:
         super().__init__()
         self.board = board
+        self.attempts: dict[str, int] = {}
         self.posted = 0.0
 
     def __setitem__(self, job_id: str, value: float) -> None:
@@ -164,7 +176,7 @@ class _PostedProgress(dict):
         now = time.monotonic()
         if self.board is not None and (now - self.posted >= PROGRESS_POST_S or value >= 1.0):
             self.posted = now
-            self.board.post.remote(dict(self))
+            self.board.post.remote({progress_key(i, self.attempts.get(i, 0)): v for i, v in self.items()})
 
 
 class _ReplicaEngine:
@@ -218,6 +230,7 @@ class Renderer:
 
         self.engine.metrics.calls = []
         self.engine.progress.clear()
+        self.engine.progress.attempts = {job["id"]: job["attempts"] for job in jobs}
         start = time.perf_counter()
         answer = {"replica": self.name, "metrics": self.engine.metrics.calls}
         try:
@@ -264,10 +277,11 @@ class Dispatcher(threading.Thread):
     def dispatch(self, jobs: list[Job]) -> None:
         try:
             self.render(jobs)
-        finally:
-            self.engine.forget_progress({job.id for job in jobs})
+        except Exception:  # the jobs fail (`serve_batches`): their progress goes with them
+            self.engine.forget_progress(jobs)
+            raise
 
-    def wait(self, response, ids: set[str]) -> dict:
+    def wait(self, response, jobs: list[Job]) -> dict:
         """The replica's answer, reading the jobs' progress from the board meanwhile; TimeoutError after
         RENDER_TIMEOUT_S."""
         deadline = time.monotonic() + RENDER_TIMEOUT_S
@@ -278,7 +292,7 @@ class Dispatcher(threading.Thread):
             except TimeoutError:
                 if left <= PROGRESS_POLL_S or self.engine.stopping.is_set():
                     raise
-                self.engine.read_progress(ids)
+                self.engine.read_progress(jobs)
 
     def render(self, jobs: list[Job]) -> None:
         engine, metrics, store = self.engine, self.engine.metrics, self.engine.store
@@ -289,8 +303,9 @@ class Dispatcher(threading.Thread):
             return
         response = engine.handle.render.remote([asdict(job) for job in jobs])
         try:
-            answer = self.wait(response, ids)
+            answer = self.wait(response, jobs)
         except Exception as e:  # the replica died or never answered: render the jobs again elsewhere
+            engine.forget_progress(jobs)  # before the jobs can be claimed again
             if engine.stopping.is_set():
                 return  # left running: the next start's `recover` queues them again
             response.cancel()
@@ -311,6 +326,7 @@ class Dispatcher(threading.Thread):
             for job in jobs:
                 if store.fail(job, answer["error"]):
                     metrics.jobs.labels("failed").inc()
+            engine.forget_progress(jobs)
             return
         t_save = time.perf_counter()
         for job in jobs:
@@ -336,6 +352,7 @@ class Dispatcher(threading.Thread):
             if store.complete(job, result):
                 metrics.jobs.labels("done").inc()
                 metrics.stage_seconds.labels("total").observe(max(0.0, time.time() - job.created))
+        engine.forget_progress(jobs)  # done: the store's status says 1 from here
 
 
 class RayEngine(Engine):
@@ -350,6 +367,7 @@ class RayEngine(Engine):
         self.metrics = Metrics(queue_depth=self.store.depth)
         self.handle = None
         self.board = None
+        self._board_failed = False
         self.replicas = 0
         self._started_ray = False
         self._stopped = False
@@ -390,23 +408,29 @@ class RayEngine(Engine):
         log.warning("serving through %d Ray Serve replica(s)", self.replicas)
         return self
 
-    def read_progress(self, ids: set[str]) -> None:
-        """The board's progress of these running jobs into the engine's (what GET /v1/jobs/ID reports); best effort:
-        a board that does not answer leaves the last value."""
+    def read_progress(self, jobs: list[Job]) -> None:
+        """The board's progress of these running jobs, under the attempt this head claimed, into the engine's (what
+        GET /v1/jobs/ID reports). Best effort: a board that does not answer leaves the last value, and says so
+        once in the log."""
         if self.board is None:
             return
         import ray
 
+        keys = {progress_key(job.id, job.attempts): job.id for job in jobs}
         try:
-            self.progress.update(ray.get(self.board.read.remote(sorted(ids)), timeout=PROGRESS_POLL_S))
-        except Exception:  # progress is a courtesy: never let it fail a render
-            pass
+            posted = ray.get(self.board.read.remote(sorted(keys)), timeout=PROGRESS_POLL_S)
+        except Exception as e:  # progress is a courtesy: never let it fail a render
+            if not self._board_failed:
+                self._board_failed = True
+                log.warning("the progress board did not answer (%s): progress may lag", type(e).__name__)
+            return
+        self.progress.update({keys[key]: value for key, value in posted.items()})
 
-    def forget_progress(self, ids: set[str]) -> None:
-        for job_id in ids:
-            self.progress.pop(job_id, None)
+    def forget_progress(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.progress.pop(job.id, None)
         if self.board is not None:
-            self.board.forget.remote(sorted(ids))
+            self.board.forget.remote(sorted(progress_key(job.id, job.attempts) for job in jobs))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let the replicas finish (5 s at most: what they leave running is queued again at the

@@ -19,15 +19,14 @@ weightshop.models.shape; the run is the trainer's own `TrainConfig`, and the par
 trainer's own LoRA setup, so the plan sees exactly the run that will train.
 
 Modules, by job: `params` (parameters and stored bytes), `activations` (saved tensors), `predict` (the sum,
-whether it fits, suggestions), `measure` (a real step's peak, the calibration), `compute` (a card's peak and the
-FLOP-limited lower bound of a step; the step's FLOPs come from `models.flops`, the benchmarks' FLOP model).
+whether it fits, suggestions, and the step's FLOPs with the FLOP-limited lower bound on a card from `models.flops`,
+the benchmarks' FLOP model), `measure` (a real step's peak, the calibration).
 """
 
 from __future__ import annotations
 
 from weightshop.train.plan.activations import (ActivationDtypes, activation_bytes, activation_dtypes,
                                                backward_working_bytes, block_activation_bytes, lora_input_bytes)
-from weightshop.train.plan.compute import card_name, card_peaks, lower_bound_s
 from weightshop.train.plan.measure import calibrate, measure_step_peak, measure_training_step, tensor_bytes
 from weightshop.train.plan.params import (DTYPE_BYTES, OPTIMIZER_BYTES, ParamCounts, base_weight_bytes,
                                           count_parameters, dequantized_weight_bytes)
@@ -37,6 +36,6 @@ from weightshop.train.plan.predict import (CUDA_OVERHEAD, FRAGMENTATION, GPUS_MI
 __all__ = ["CUDA_OVERHEAD", "DTYPE_BYTES", "FRAGMENTATION", "GPUS_MIB", "OPTIMIZER_BYTES", "OVERHEAD_PARTS",
            "ActivationDtypes", "GiB", "MemoryPlan", "ParamCounts", "Suggestion", "activation_bytes",
            "activation_dtypes", "backward_working_bytes", "base_weight_bytes", "block_activation_bytes", "calibrate",
-           "card_name", "card_peaks", "count_parameters", "dequantized_weight_bytes", "lora_input_bytes",
-           "lower_bound_s", "measure_step_peak", "measure_training_step", "memory_settings", "parse_gpu", "plan",
+           "count_parameters", "dequantized_weight_bytes", "lora_input_bytes",
+           "measure_step_peak", "measure_training_step", "memory_settings", "parse_gpu", "plan",
            "predict", "suggest", "tensor_bytes"]

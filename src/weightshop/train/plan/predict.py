@@ -10,7 +10,7 @@ from weightshop.models.memory import CUDA_OVERHEAD, FRAGMENTATION, GPUS_MIB, OVE
 from weightshop.models.shape import ModelShape
 from weightshop.train.config import BASE_DTYPES, TrainConfig, with_changes
 from weightshop.train.plan.activations import activation_bytes, activation_dtypes
-from weightshop.train.plan.compute import card_peaks, lower_bound_s
+from weightshop.models.flops import card_peaks, lower_bound_s
 from weightshop.train.plan.params import (OPTIMIZER_BYTES, ParamCounts, base_weight_bytes, count_parameters,
                                           dequantized_weight_bytes, dora_norm_bytes)
 
